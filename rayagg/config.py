@@ -1,0 +1,227 @@
+"""The run configuration: one YAML file, validated before anything starts.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo is an
+error naming the key rather than a silently ignored setting. Pydantic earns its place
+here: it reports every bad field with its dotted path and value in one pass, which a
+hand-written validator would have to re-implement. Nothing below the CLI sees click
+objects; everything below this module sees a :class:`RunConfig`.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Any, Literal, Optional
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rayagg.errors import ConfigError
+from rayagg.models import check_model_name
+
+_TIER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which data set, how much of it, and how it is split over the leaves."""
+
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100"] = "fashion-mnist"
+    root: Optional[str] = None
+    download: bool = False
+    coarse_labels: bool = False
+    partition: Literal["dirichlet", "iid"] = "dirichlet"
+    alpha: float = Field(1.0, gt=0)
+    min_samples_per_device: int = Field(10, ge=1)
+    train_samples: Optional[int] = Field(None, ge=1)
+    test_samples: Optional[int] = Field(None, ge=1)
+    public_samples: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _coarse_only_for_cifar100(self) -> "DataConfig":
+        if self.coarse_labels and self.dataset != "cifar100":
+            raise ValueError(f"coarse_labels applies to cifar100 only (dataset is {self.dataset!r})")
+        return self
+
+
+class Resources(_Section):
+    """What one actor of a tier asks Ray for."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory_mb: Optional[int] = Field(None, ge=1)
+    custom: dict[str, float] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"custom resource {key!r} must be >= 0 (got {amount})")
+        return value
+
+
+class Tier(_Section):
+    """One level of the tree. ``count`` is the tier's total, ``fanout`` its children per parent."""
+
+    name: str
+    model: str
+    count: Optional[int] = Field(None, ge=1)
+    fanout: Optional[int] = Field(None, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not _TIER_NAME.match(value):
+            raise ValueError(f"tier name must match {_TIER_NAME.pattern} (got {value!r})")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str) -> str:
+        try:
+            check_model_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+
+class TreeConfig(_Section):
+    """The tiers from the root (first) to the leaves (last)."""
+
+    tiers: list[Tier] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _shape_is_consistent(self) -> "TreeConfig":
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique (got {names})")
+        root = self.tiers[0]
+        if root.fanout is not None or root.count not in (None, 1):
+            raise ValueError(f"the root tier {root.name!r} must have count 1 and no fanout")
+        for tier in self.tiers[1:]:
+            if (tier.count is None) == (tier.fanout is None):
+                raise ValueError(f"tier {tier.name!r} needs exactly one of count or fanout")
+        self.counts()  # raises on counts that do not divide
+        return self
+
+    def counts(self) -> list[int]:
+        """Returns the number of nodes per tier; raises ValueError if a count does not divide."""
+        counts = [1]
+        for tier in self.tiers[1:]:
+            if tier.fanout is not None:
+                counts.append(counts[-1] * tier.fanout)
+                continue
+            if tier.count % counts[-1]:
+                raise ValueError(
+                    f"tier {tier.name!r}: count {tier.count} is not divisible by the "
+                    f"{counts[-1]} nodes of the tier above")
+            counts.append(tier.count)
+        return counts
+
+
+class TrainingConfig(_Section):
+    """Rounds, optimizer and the BSBODP loss settings (T, beta, gamma)."""
+
+    rounds: int = Field(5, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(16, ge=2)
+    temperature: float = Field(3.0, gt=0)
+    beta: float = Field(10.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    teacher_mode: Literal["train", "eval"] = "train"
+    seed: int = 0
+
+
+class AutoencoderConfig(_Section):
+    """The frozen bridge autoencoder, pretrained once on the public slice and cached."""
+
+    epochs: int = Field(5, ge=1)
+    cache_dir: str = "~/.cache/rayagg"
+
+    def cache_path(self) -> pathlib.Path:
+        return pathlib.Path(self.cache_dir).expanduser()
+
+
+class RuntimeConfig(_Section):
+    """How the Ray runtime waits on its nodes.
+
+    ``round_timeout_s`` bounds one round (and each other batch of calls) end to end;
+    ``startup_timeout_s`` bounds actor creation and data loading. ``autoscaling`` says an
+    autoscaler may add nodes, so a tree larger than the cluster's current totals is not
+    an error (a request no node type can satisfy still is).
+    """
+
+    round_timeout_s: float = Field(1800.0, gt=0)
+    startup_timeout_s: float = Field(300.0, gt=0)
+    autoscaling: bool = False
+
+
+class RunConfig(_Section):
+    """A whole run: the root of the YAML file."""
+
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    tree: TreeConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _enough_samples_per_leaf(self) -> "RunConfig":
+        leaves = self.tree.counts()[-1]
+        needed = leaves * self.data.min_samples_per_device
+        if self.data.train_samples is not None and self.data.train_samples < needed:
+            raise ValueError(
+                f"data.train_samples {self.data.train_samples} is fewer than {leaves} leaves x "
+                f"min_samples_per_device {self.data.min_samples_per_device} = {needed}")
+        return self
+
+    def with_rounds(self, rounds: int) -> "RunConfig":
+        """Returns a copy with another round count (validated)."""
+        return parse_config({**self.model_dump(), "training": {**self.training.model_dump(), "rounds": rounds}})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def parse_config(raw: Any, source: str = "config") -> RunConfig:
+    """Validates a mapping; raises ConfigError naming every bad field and its value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n{_describe(exc)}") from None
+
+
+def load_config(path: str | pathlib.Path) -> RunConfig:
+    """Reads and validates a YAML config; raises ConfigError for a missing file or bad content."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "<root>"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = error.get("input")
+        shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+        lines.append(f"  {field}: {message}{shown}")
+    return "\n".join(lines)

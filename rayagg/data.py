@@ -1,0 +1,376 @@
+"""Data sets and their federated partitions.
+
+Loads Fashion-MNIST (from local IDX files), CIFAR-10 and CIFAR-100 (through
+torchvision) into uint8 tensors, and splits the training set into a public slice
+(for the shared autoencoder) and per-device shards, IID or Dirichlet non-IID.
+
+Nothing here is cached in a module global: each ``load_dataset`` call reads the
+files again, so callers that need the data twice should keep the ``Dataset``.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayagg.errors import DataError
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100")
+
+# System-wide folders searched for the Fashion-MNIST IDX files (after `root` and
+# $RAYAGG_DATA_DIR, before the user cache). A tuple so tests can monkeypatch it.
+FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
+
+DATA_DIR_ENV = "RAYAGG_DATA_DIR"
+
+_FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+# Standard CIFAR-100 fine -> coarse (superclass) label mapping, fine labels in
+# alphabetical order (apple, aquarium_fish, baby, bear, beaver, ...).
+CIFAR100_COARSE = np.array([
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3,
+    3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
+    0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10,
+    16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19,
+    2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
+    18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+], dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field-wise is ambiguous
+class Dataset:
+    """A train/test pair of uint8 image tensors (N x C x H x W) and int64 labels."""
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Return the shape of one image, (C, H, W)."""
+        c, h, w = self.train_images.shape[1:]
+        return (int(c), int(h), int(w))
+
+
+def default_root() -> Path:
+    """Return the per-user data folder, ``~/.cache/rayagg/data``."""
+    return Path.home() / ".cache" / "rayagg" / "data"
+
+
+def load_dataset(name: str, *, root: str | None = None, download: bool = False,
+                 coarse_labels: bool = False) -> Dataset:
+    """Load data set `name` (one of DATASETS).
+
+    Returns a Dataset with uint8 N x C x H x W images and int64 labels.
+    Raises DataError when the name is unknown or the files are missing/corrupt.
+    `coarse_labels` selects the 20 CIFAR-100 superclasses (ignored otherwise).
+    """
+    if name == "fashion-mnist":
+        return _load_fashion_mnist(root, download)
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, root, download, coarse_labels)
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------- IDX files
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse one IDX file (gzip-compressed if its name ends in .gz).
+
+    Returns the array with the shape and dtype given in the file's header.
+    Raises DataError naming the file when it is unreadable, truncated or malformed.
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    """Decode the bytes of an IDX file; returns the array, raises DataError."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"IDX file {path} has a bad magic number {raw[:4].hex() or '(empty)'}")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"IDX file {path} has a truncated header ({len(raw)} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(
+            f"IDX file {path} is truncated or corrupt: header says shape {dims} "
+            f"({expected} bytes) but the file has {len(raw)} bytes")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="))  # native order, and a writable copy
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write `array` as an IDX file (gzip if the name ends in .gz); used by tests/tools."""
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+    array = np.asarray(array)
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise DataError(f"cannot write dtype {array.dtype} to IDX file {path}")
+    header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    body = array.astype(np.dtype(_IDX_DTYPES[code])).tobytes()
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "wb") as fh:
+        fh.write(header + body)
+
+
+# ----------------------------------------------------------------- Fashion-MNIST
+
+def fashion_mnist_candidates(root: str | None = None) -> list[Path]:
+    """Return the folders searched for the Fashion-MNIST IDX files, in order."""
+    dirs: list[Path] = []
+    for base in (root, os.environ.get(DATA_DIR_ENV)):
+        if base:
+            dirs += [Path(base) / "fashion-mnist", Path(base),
+                     Path(base) / "FashionMNIST" / "raw"]  # torchvision's layout
+    dirs += [Path(d) for d in FASHION_MNIST_DIRS]
+    cache = default_root()
+    dirs += [cache / "fashion-mnist", cache / "FashionMNIST" / "raw"]
+    return list(dict.fromkeys(dirs))  # drop duplicates, keep order
+
+
+def _find_idx_files(folder: Path) -> dict[str, Path] | None:
+    """Return the four IDX paths in `folder` (.gz or plain), or None if any is missing."""
+    found = {}
+    for key, stem in _FASHION_FILES.items():
+        for name in (stem + ".gz", stem):
+            if (folder / name).is_file():
+                found[key] = folder / name
+                break
+        else:
+            return None
+    return found
+
+
+def _load_fashion_mnist(root: str | None, download: bool) -> Dataset:
+    """Find and parse Fashion-MNIST; returns the Dataset, raises DataError."""
+    tried = fashion_mnist_candidates(root)
+    for folder in tried:
+        files = _find_idx_files(folder)
+        if files is not None:
+            return _fashion_from_files(files)
+    if download:
+        return _download_fashion_mnist(root)
+    listing = "\n  ".join(str(d) for d in tried)
+    raise DataError(
+        "Fashion-MNIST IDX files not found; tried:\n  " + listing + "\n"
+        "Fix: `apt-get install dataset-fashion-mnist`, or set data.root to a folder "
+        f"holding the four *-ubyte(.gz) files (or ${DATA_DIR_ENV}), or set data.download: true")
+
+
+def _fashion_from_files(files: dict[str, Path]) -> Dataset:
+    """Parse the four IDX files; returns the Dataset, raises DataError on bad shapes."""
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"Fashion-MNIST {split} files disagree: images {images.shape} "
+                f"({files[f'{split}_images']}), labels {labels.shape} ({files[f'{split}_labels']})")
+    return _make_dataset(
+        "fashion-mnist", arrays["train_images"][:, None], arrays["train_labels"],
+        arrays["test_images"][:, None], arrays["test_labels"], 10)
+
+
+def _download_fashion_mnist(root: str | None) -> Dataset:
+    """Download Fashion-MNIST through torchvision; returns the Dataset, raises DataError."""
+    import torchvision  # lazy: only needed when downloading
+
+    target = str(root) if root else str(default_root())
+    try:
+        train = torchvision.datasets.FashionMNIST(root=target, train=True, download=True)
+        test = torchvision.datasets.FashionMNIST(root=target, train=False, download=True)
+    except (RuntimeError, OSError) as exc:  # URLError is an OSError
+        raise DataError(f"downloading Fashion-MNIST into {target} failed: {exc}") from exc
+    return _make_dataset(
+        "fashion-mnist", train.data.numpy()[:, None], train.targets.numpy(),
+        test.data.numpy()[:, None], test.targets.numpy(), 10)
+
+
+# ------------------------------------------------------------------------- CIFAR
+
+def _load_cifar(name: str, root: str | None, download: bool, coarse: bool) -> Dataset:
+    """Load CIFAR-10/100 through torchvision; returns the Dataset, raises DataError."""
+    target = str(root) if root else str(default_root())
+    train_x, train_y = _cifar_split(name, target, True, download)
+    test_x, test_y = _cifar_split(name, target, False, download)
+    num_classes = 10 if name == "cifar10" else 100
+    if name == "cifar100" and coarse:
+        train_y, test_y, num_classes = CIFAR100_COARSE[train_y], CIFAR100_COARSE[test_y], 20
+    return _make_dataset(name, train_x, train_y, test_x, test_y, num_classes)
+
+
+def _cifar_split(name: str, root: str, train: bool,
+                 download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images N x C x H x W uint8, labels int64) of one split; raises DataError."""
+    import torchvision  # lazy: importing torchvision costs a second or two
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        ds = cls(root=root, train=train, download=download)
+    except (RuntimeError, OSError) as exc:
+        hint = "" if download else " Set data.download: true to fetch it."
+        raise DataError(f"{name} not found or unreadable under {root}: {exc}.{hint}") from exc
+    images = np.asarray(ds.data, dtype=np.uint8)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"{name} under {root} has unexpected image shape {images.shape}")
+    return images.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)
+
+
+def _make_dataset(name: str, train_x: np.ndarray, train_y: np.ndarray,
+                  test_x: np.ndarray, test_y: np.ndarray, num_classes: int) -> Dataset:
+    """Wrap numpy arrays as contiguous uint8/int64 tensors; returns the Dataset."""
+    def images(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
+
+    def labels(y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+    return Dataset(name, images(train_x), labels(train_y), images(test_x), labels(test_y),
+                   num_classes)
+
+
+# ------------------------------------------------------------ tensors and splits
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """Return uint8 `images` as float32 in [0, 1]; raises DataError for other dtypes."""
+    if images.dtype != torch.uint8:
+        raise DataError(f"to_float expects uint8 images, got {images.dtype}")
+    return images.to(torch.float32).div_(255.0)
+
+
+def split_public(num_samples: int, public_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split range(num_samples) into a seeded public slice and the private rest.
+
+    Returns (public_indices, private_indices): disjoint, sorted, covering all.
+    Raises DataError unless 0 <= public_samples < num_samples.
+    """
+    if not 0 <= public_samples < num_samples:
+        raise DataError(f"public_samples must be in [0, {num_samples}) (the train set size), "
+                        f"got {public_samples}")
+    perm = np.random.default_rng(seed).permutation(num_samples)
+    return np.sort(perm[:public_samples]), np.sort(perm[public_samples:])
+
+
+def take_subset(indices: np.ndarray, count: int | None, seed: int) -> np.ndarray:
+    """Return `count` of `indices` chosen without replacement (seeded), sorted.
+
+    None returns all of them (sorted). Raises DataError if count < 0 or > len(indices).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if count is None:
+        return np.sort(indices)
+    if not 0 <= count <= len(indices):
+        raise DataError(f"cannot take {count} samples from {len(indices)} available")
+    chosen = np.random.default_rng(seed).choice(indices, size=count, replace=False)
+    return np.sort(chosen)
+
+
+def _check_partition_args(indices: np.ndarray, num_devices: int, min_per_device: int) -> None:
+    """Raise DataError if `indices` cannot give each of num_devices >= min_per_device samples."""
+    if num_devices < 1:
+        raise DataError(f"num_devices must be >= 1, got {num_devices}")
+    if min_per_device < 0:
+        raise DataError(f"min_per_device must be >= 0, got {min_per_device}")
+    if len(indices) < num_devices * min_per_device:
+        raise DataError(
+            f"cannot give {num_devices} devices at least {min_per_device} samples each: "
+            f"only {len(indices)} samples ({num_devices * min_per_device} needed)")
+
+
+def partition_iid(labels: np.ndarray, indices: np.ndarray, num_devices: int,
+                  seed: int) -> list[np.ndarray]:
+    """Split `indices` into num_devices near-equal random shards (sizes differ by <= 1).
+
+    Returns one sorted int64 array per device. `labels` is unused (kept for a
+    signature shared with partition_dirichlet). Raises DataError if a device would be empty.
+    """
+    del labels  # IID ignores labels by definition
+    indices = np.asarray(indices, dtype=np.int64)
+    _check_partition_args(indices, num_devices, 1)
+    perm = np.random.default_rng(seed).permutation(indices)
+    return [np.sort(shard) for shard in np.array_split(perm, num_devices)]
+
+
+def partition_dirichlet(labels: np.ndarray, indices: np.ndarray, num_devices: int, alpha: float,
+                        min_per_device: int, seed: int, max_tries: int = 100) -> list[np.ndarray]:
+    """Per-class Dirichlet(alpha) non-IID split of `indices` (into `labels`).
+
+    Returns one sorted int64 array per device; every index is in exactly one shard
+    and each shard has >= min_per_device entries. Smaller alpha = more skew.
+    Deterministic for a given seed. Raises DataError for bad arguments or when
+    max_tries draws all leave some device below min_per_device.
+    """
+    if not alpha > 0:
+        raise DataError(f"Dirichlet alpha must be > 0, got {alpha}")
+    indices = np.asarray(indices, dtype=np.int64)
+    _check_partition_args(indices, num_devices, min_per_device)
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    smallest = 0
+    for _ in range(max_tries):
+        shards = _dirichlet_draw(labels[indices], indices, num_devices, alpha, rng)
+        smallest = min(len(s) for s in shards)
+        if smallest >= min_per_device:
+            return [np.sort(s) for s in shards]
+    raise DataError(
+        f"Dirichlet split (alpha={alpha}) of {len(indices)} samples over {num_devices} devices "
+        f"left a device with {smallest} < min_per_device={min_per_device} samples after "
+        f"{max_tries} tries; raise alpha or lower min_per_device")
+
+
+def _dirichlet_draw(sub_labels: np.ndarray, indices: np.ndarray, num_devices: int,
+                    alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """One draw: cut each class's shuffled indices by Dir(alpha) proportions; returns shards."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_devices)]
+    for cls in np.unique(sub_labels):
+        members = rng.permutation(indices[sub_labels == cls])
+        props = rng.dirichlet(np.full(num_devices, alpha))
+        cuts = (np.cumsum(props)[:-1] * len(members)).astype(np.int64)
+        for device, piece in enumerate(np.split(members, cuts)):
+            parts[device].append(piece)
+    return [np.concatenate(p) if p else np.empty(0, np.int64) for p in parts]
+
+
+def label_skew(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> float:
+    """Mean total-variation distance between each shard's label distribution and the pooled one.
+
+    Returns a float in [0, 1]: 0 for identical distributions (IID), near 1 for
+    one-class shards. Empty shards are skipped. Raises DataError if all are empty.
+    """
+    labels = np.asarray(labels)
+    shards = [np.asarray(s, dtype=np.int64) for s in shards if len(s)]
+    if not shards:
+        raise DataError("label_skew needs at least one non-empty shard")
+    counts = np.stack([np.bincount(labels[s], minlength=num_classes) for s in shards])
+    pooled = counts.sum(axis=0) / counts.sum()
+    dists = counts / counts.sum(axis=1, keepdims=True)
+    return float(np.mean(0.5 * np.abs(dists - pooled).sum(axis=1)))

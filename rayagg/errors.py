@@ -1,0 +1,42 @@
+"""The project's own errors: one base class, a few subclasses naming the cause.
+
+Ray's and torch's exceptions are converted at the boundary (``raise ... from exc``)
+so a user sees which node, which field or which file is at fault.
+"""
+from __future__ import annotations
+
+
+class RayaggError(Exception):
+    """Base class of every error rayagg raises on purpose."""
+
+
+class ConfigError(RayaggError):
+    """A configuration value is malformed or impossible; the message names the field."""
+
+
+class DataError(RayaggError):
+    """A data set is missing or unusable; the message lists the paths tried."""
+
+
+class CheckpointError(RayaggError):
+    """A checkpoint or weights file is missing, corrupt or does not match its hash."""
+
+
+class ResourceError(RayaggError):
+    """A tier asks for resources that no node of the cluster can ever provide."""
+
+
+class NodeError(RayaggError):
+    """A tree node (an actor) failed; ``node`` is its name, e.g. ``edge-2``."""
+
+    def __init__(self, node: str, message: str):
+        super().__init__(f"{node}: {message}")
+        self.node = node
+
+
+class NodeTimeoutError(NodeError):
+    """A call to a node did not finish within its timeout."""
+
+
+class NodeDiedError(NodeError):
+    """A node's actor died (killed, crashed, or its machine went away)."""

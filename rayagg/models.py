@@ -1,0 +1,142 @@
+"""Model factories: the paper's device CNN, CIFAR-style ResNet-10/18, and user factories.
+
+A model is named by a string so that configs stay plain data: either one of
+``BUILTIN_MODELS`` or ``"package.module:function"``, a user factory called with
+the keyword arguments ``in_channels=``, ``image_size=`` and ``num_classes=``.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from rayagg.errors import ConfigError
+
+BUILTIN_MODELS = ("cnn", "resnet10", "resnet18")
+
+# "module:attr" where module may be dotted; both parts are Python identifiers.
+_FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+# BasicBlock counts per stage; [2, 2, 2, 2] is torchvision's resnet18.
+_RESNET_LAYERS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2]}
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
+    """Return [3x3 conv (no bias: BN has one), BatchNorm, ReLU]."""
+    return [
+        nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def _cnn(in_channels: int, num_classes: int) -> nn.Module:
+    """Return the paper's device model: a 3-layer CNN of about 20K parameters.
+
+    Widths 16-32-48 give ~19.3K parameters for 1x28x28 / 10 classes and
+    ~19.5K for 3x32x32; global average pooling makes it size-agnostic.
+    """
+    return nn.Sequential(
+        *_conv_bn_relu(in_channels, 16),
+        nn.MaxPool2d(2),
+        *_conv_bn_relu(16, 32),
+        nn.MaxPool2d(2),
+        *_conv_bn_relu(32, 48),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(48, num_classes),
+    )
+
+
+def _resnet(layers: list[int], in_channels: int, num_classes: int) -> ResNet:
+    """Return a torchvision ``ResNet`` of ``BasicBlock``s adapted to small images.
+
+    The CIFAR adaptation: the 7x7 stride-2 stem and its max-pool would shrink a
+    28x28 or 32x32 image to 7x7 / 8x8 before the first block, so the stem is a
+    3x3 stride-1 conv and the max-pool is dropped.
+    """
+    model = ResNet(BasicBlock, layers, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    # Same init torchvision gives its own convs (the replaced stem missed it).
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _check_dims(in_channels: int, image_size: int, num_classes: int) -> None:
+    """Raise ConfigError unless all three sizes are positive ints."""
+    for field, value in (("in_channels", in_channels), ("image_size", image_size),
+                         ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{field} must be a positive int, got {value!r}")
+
+
+def _resolve_factory(name: str) -> Callable[..., object]:
+    """Return the callable named by ``"package.module:function"``.
+
+    Raises ConfigError (naming ``name``) if the string is malformed, the module
+    does not import, or the attribute is missing or not callable.
+    """
+    if not _FACTORY_RE.match(name):
+        raise ConfigError(
+            f"model {name!r}: not a builtin {BUILTIN_MODELS} "
+            f"nor of the form 'package.module:function'"
+        )
+    module_name, attr = name.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # user code: any import-time failure is a config fault
+        raise ConfigError(f"model {name!r}: cannot import module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ConfigError(f"model {name!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(factory):
+        raise ConfigError(f"model {name!r}: {attr!r} is not callable")
+    return factory
+
+
+def check_model_name(name: str) -> None:
+    """Validate a model name without building it.
+
+    Returns None if ``name`` is a builtin or a well-formed ``"a.b:c"`` whose
+    module imports and has a callable attribute ``c``; raises ConfigError otherwise.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"model name must be a string, got {name!r}")
+    if name in BUILTIN_MODELS:
+        return
+    _resolve_factory(name)
+
+
+def build_model(name: str, *, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Return a freshly initialised model named ``name``.
+
+    ``name`` is one of ``BUILTIN_MODELS`` or ``"package.module:function"``; a user
+    factory gets the same keyword arguments. Raises ConfigError for an unknown
+    name, an unimportable module, a missing attribute, non-positive sizes, or a
+    factory that does not return an ``nn.Module``.
+    """
+    check_model_name(name)
+    _check_dims(in_channels, image_size, num_classes)
+    if name == "cnn":
+        return _cnn(in_channels, num_classes)
+    if name in _RESNET_LAYERS:
+        return _resnet(_RESNET_LAYERS[name], in_channels, num_classes)
+    factory = _resolve_factory(name)
+    model = factory(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model {name!r}: factory returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Return the number of parameters of ``model`` (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["BUILTIN_MODELS", "build_model", "check_model_name", "count_parameters"]

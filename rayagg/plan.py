@@ -1,0 +1,116 @@
+"""Everything fixed before any node starts, and how one node is built from it.
+
+The driver makes a :class:`Plan` once (tree, shards, test subset, the frozen
+autoencoder) and hands it to every node; :func:`build_node` turns the plan into a
+node's :class:`NodeState`. The in-process driver and the Ray actors build nodes with
+the same function, so both runtimes train the same nodes from the same seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from rayagg import autoencoder, data, models
+from rayagg.config import RunConfig, Tier
+from rayagg.node import LocalData, NodeState, node_seed
+from rayagg.protocol import DistillSettings, make_optimizer
+from rayagg.tree import Tree
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every node needs to know; small enough to ship to every actor once."""
+
+    config: RunConfig
+    tree: Tree
+    shards: dict[str, np.ndarray]  # leaf -> indices into the training split
+    test_indices: np.ndarray  # indices into the test split, for evaluation only
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    autoencoder_blob: bytes  # the frozen autoencoder's weights file
+    autoencoder_digest: str
+
+    def tier(self, node: str) -> Tier:
+        return self.config.tree.tiers[self.tree.tier_of[node]]
+
+
+def make_tree(config: RunConfig) -> Tree:
+    return Tree.balanced([tier.name for tier in config.tree.tiers], config.tree.counts())
+
+
+def load_data(config: RunConfig) -> data.Dataset:
+    """Loads the configured data set; raises DataError when it cannot be found."""
+    cfg = config.data
+    return data.load_dataset(cfg.dataset, root=cfg.root, download=cfg.download,
+                             coarse_labels=cfg.coarse_labels)
+
+
+def make_plan(config: RunConfig, dataset: Optional[data.Dataset] = None) -> Plan:
+    """Splits the data, partitions it over the leaves and pretrains (or loads) the autoencoder.
+
+    The public slice that trains the autoencoder is drawn first and is no leaf's shard;
+    the test split is used only for evaluation.
+    """
+    dataset = dataset or load_data(config)
+    cfg, seed = config.data, config.training.seed
+    tree = make_tree(config)
+    public, private = data.split_public(len(dataset.train_labels), cfg.public_samples, seed)
+    private = data.take_subset(private, cfg.train_samples, seed)
+    leaves = tree.nodes_of_tier(len(tree.tier_names) - 1)
+    labels = dataset.train_labels.numpy()
+    if cfg.partition == "iid":
+        shards = data.partition_iid(labels, private, len(leaves), seed)
+    else:
+        shards = data.partition_dirichlet(labels, private, len(leaves), cfg.alpha,
+                                          cfg.min_samples_per_device, seed)
+    test = data.take_subset(np.arange(len(dataset.test_labels)), cfg.test_samples, seed)
+    blob, digest = _autoencoder(config, dataset, public)
+    return Plan(config, tree, dict(zip(leaves, shards)), test, dataset.image_shape,
+                dataset.num_classes, blob, digest)
+
+
+def _autoencoder(config: RunConfig, dataset: data.Dataset, public: np.ndarray) -> tuple[bytes, str]:
+    channels, size, _ = dataset.image_shape
+    key = autoencoder.cache_key(dataset=dataset.name, in_channels=channels, image_size=size,
+                                public_samples=len(public), epochs=config.autoencoder.epochs,
+                                seed=config.training.seed)
+    frozen = autoencoder.load_or_pretrain(
+        config.autoencoder.cache_path(), key,
+        lambda: data.to_float(dataset.train_images[torch.from_numpy(public)]),
+        in_channels=channels, epochs=config.autoencoder.epochs, seed=config.training.seed,
+        meta={"dataset": dataset.name, "public_samples": len(public)})
+    path = config.autoencoder.cache_path() / f"autoencoder-{key}.pt"
+    return path.read_bytes(), frozen.digest
+
+
+def build_node(plan: Plan, node: str, dataset: data.Dataset,
+               device: torch.device = torch.device("cpu")) -> NodeState:
+    """Builds ``node``'s state: its model (seeded by node name), optimizer, and, for a
+    leaf, its private shard and the encoder."""
+    config, tier = plan.config, plan.tier(node)
+    channels, size, _ = plan.image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(node_seed(config.training.seed, node))
+        model = models.build_model(tier.model, in_channels=channels, image_size=size,
+                                   num_classes=plan.num_classes).to(device)
+    frozen = autoencoder.load_bytes(plan.autoencoder_blob, plan.autoencoder_digest)
+    train = config.training
+    settings = DistillSettings(temperature=train.temperature, beta=train.beta, gamma=train.gamma,
+                               batch_size=train.batch_size, teacher_mode=train.teacher_mode)
+    optimizer = make_optimizer(model, lr=train.lr, momentum=train.momentum,
+                               weight_decay=train.weight_decay)
+    local = None
+    if plan.tree.is_leaf(node):
+        shard = torch.tensor(plan.shards[node])  # a copy: Ray hands out read-only arrays
+        local = LocalData(data.to_float(dataset.train_images[shard]), dataset.train_labels[shard])
+    return NodeState(node, model, decoder=frozen.decoder, settings=settings, optimizer=optimizer,
+                     seed=train.seed, local=local, encoder=frozen.encoder if local else None)
+
+
+def evaluation_split(plan: Plan, dataset: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation images (float) and labels every node is scored on."""
+    index = torch.tensor(plan.test_indices)
+    return data.to_float(dataset.test_images[index]), dataset.test_labels[index]

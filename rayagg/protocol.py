@@ -1,0 +1,147 @@
+"""BSBODP, the FedAgg protocol, as pure torch code: tensors in, tensors out, no Ray.
+
+One parent/child pair exchanges logits on the decoded bridge samples of the child's
+subtree, child first (FEDAGG.md):
+
+1. the parent's :func:`teacher_logits` go to the child, which runs a
+   :func:`directional_pass` as the student;
+2. the updated child's logits go to the parent, which runs its own pass.
+
+The distillation term is Hinton's: ``T**2 * KL(softmax(z/T) || softmax(S/T))``, the
+form the official code uses (student and teacher both divided by T, the KL scaled by
+T squared so its gradient does not shrink as T grows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TeacherMode = Literal["train", "eval"]
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The knobs of one directional pass (defaults: the paper's T=3, beta=10, gamma=1)."""
+
+    temperature: float = 3.0
+    beta: float = 10.0
+    gamma: float = 1.0
+    batch_size: int = 16
+    teacher_mode: TeacherMode = "train"
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Returns ``T**2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
+    log_student = F.log_softmax(student / temperature, dim=1)
+    soft_teacher = F.softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_student, soft_teacher, reduction="batchmean") * temperature**2
+
+
+def nonleaf_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                 *, temperature: float, beta: float) -> torch.Tensor:
+    """A non-leaf student's loss: ``CE(S, y) + beta * KD(S, z)``."""
+    return F.cross_entropy(student, labels) + beta * distillation_loss(student, teacher, temperature)
+
+
+def leaf_loss(real_logits: torch.Tensor, real_labels: torch.Tensor, student: torch.Tensor,
+              teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+              gamma: float) -> torch.Tensor:
+    """A leaf student's loss: ``CE(f(X_real), y_real) + CE(S, y) + gamma * KD(S, z)``."""
+    return (F.cross_entropy(real_logits, real_labels) + F.cross_entropy(student, labels)
+            + gamma * distillation_loss(student, teacher, temperature))
+
+
+def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """The node's one optimizer; it lives across rounds so momentum carries over."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def teacher_logits(model: nn.Module, inputs: torch.Tensor, *, batch_size: int,
+                   mode: TeacherMode) -> torch.Tensor:
+    """Returns the model's logits on ``inputs`` (on the CPU), computed without autograd.
+
+    ``mode="train"`` uses batch statistics as the official demo does (BatchNorm running
+    statistics then still move); ``"eval"`` uses running statistics. The model's mode is
+    restored afterwards. ``no_grad`` rather than ``inference_mode`` because the result
+    later feeds a loss whose graph must not hold inference tensors.
+    """
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        with torch.no_grad():
+            device = _device_of(model)
+            chunks = [model(batch.to(device)) for batch in inputs.split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).cpu()
+
+
+def directional_pass(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                     labels: torch.Tensor, teacher: torch.Tensor, *, settings: DistillSettings,
+                     generator: torch.Generator,
+                     real: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> float:
+    """Trains ``model`` for one epoch over the bridge samples against the teacher's logits.
+
+    ``inputs`` are decoded bridge samples, ``labels`` their labels, ``teacher`` the other
+    node's logits on them (same order). A leaf passes ``real`` = its local (images,
+    labels), aligned with its bridge samples, and gets the leaf loss; any other node
+    the non-leaf loss. Batches of one sample are skipped (BatchNorm cannot train on
+    them). Returns the mean loss over the batches.
+    """
+    if not len(inputs) == len(labels) == len(teacher):
+        raise ValueError(f"inputs, labels and teacher logits differ in length: "
+                         f"{len(inputs)}, {len(labels)}, {len(teacher)}")
+    device = _device_of(model)
+    model.train()
+    losses = []
+    for index in torch.randperm(len(inputs), generator=generator).split(settings.batch_size):
+        if len(index) < 2:
+            continue
+        loss = _batch_loss(model, inputs, labels, teacher, index, settings, real, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return sum(losses) / max(len(losses), 1)
+
+
+def _batch_loss(model, inputs, labels, teacher, index, settings, real, device) -> torch.Tensor:
+    bridge = inputs[index].to(device)
+    target = labels[index].to(device)
+    soft = teacher[index].to(device)
+    if real is None:
+        return nonleaf_loss(model(bridge), soft, target, temperature=settings.temperature,
+                            beta=settings.beta)
+    # One forward over real and bridge samples together: half the per-step overhead,
+    # which dominates at the paper's batch size of 8.
+    real_images, real_labels = real[0][index].to(device), real[1][index].to(device)
+    logits = model(torch.cat([real_images, bridge]))
+    return leaf_loss(logits[: len(index)], real_labels, logits[len(index):], soft, target,
+                     temperature=settings.temperature, gamma=settings.gamma)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 256) -> tuple[float, float]:
+    """Returns (top-1 accuracy, mean cross-entropy) in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    correct, loss_sum = 0, 0.0
+    try:
+        with torch.inference_mode():
+            for batch, target in zip(images.split(batch_size), labels.split(batch_size)):
+                logits = model(batch.to(device))
+                target = target.to(device)
+                loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+                correct += (logits.argmax(dim=1) == target).sum().item()
+    finally:
+        model.train(was_training)
+    return correct / len(labels), loss_sum / len(labels)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,102 @@
+"""The tree's topology: which node is whose parent. Pure data, no torch, no Ray.
+
+Nodes are named ``<tier>-<index>`` (``cloud-0``, ``edge-2``, ``device-17``); the index
+counts within the tier. A :class:`Tree` is immutable: re-parenting returns a new tree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Mapping, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Tier names from root to leaves, each node's tier index and each node's parent."""
+
+    tier_names: tuple[str, ...]
+    tier_of: Mapping[str, int]
+    parent_of: Mapping[str, Optional[str]]
+
+    @classmethod
+    def balanced(cls, tier_names: Sequence[str], counts: Sequence[int]) -> "Tree":
+        """Builds a tree where node i of a tier hangs under node i // fanout of the tier above."""
+        tier_of: dict[str, int] = {}
+        parent_of: dict[str, Optional[str]] = {}
+        for tier, (name, count) in enumerate(zip(tier_names, counts)):
+            fanout = count // counts[tier - 1] if tier else 0
+            for index in range(count):
+                node = f"{name}-{index}"
+                tier_of[node] = tier
+                parent_of[node] = f"{tier_names[tier - 1]}-{index // fanout}" if tier else None
+        return cls(tuple(tier_names), tier_of, parent_of)
+
+    @property
+    def root(self) -> str:
+        return f"{self.tier_names[0]}-0"
+
+    @cached_property
+    def nodes(self) -> list[str]:
+        """Every node, root first, then tier by tier in index order."""
+        return sorted(self.tier_of, key=_node_order(self))
+
+    @cached_property
+    def _children(self) -> dict[str, list[str]]:
+        children: dict[str, list[str]] = {node: [] for node in self.nodes}
+        for node in self.nodes:
+            if self.parent_of[node] is not None:
+                children[self.parent_of[node]].append(node)
+        return children
+
+    def tier_name(self, node: str) -> str:
+        return self.tier_names[self.tier_of[node]]
+
+    def is_leaf(self, node: str) -> bool:
+        return self.tier_of[node] == len(self.tier_names) - 1
+
+    def nodes_of_tier(self, tier: int) -> list[str]:
+        return [node for node in self.nodes if self.tier_of[node] == tier]
+
+    def children(self, node: str) -> list[str]:
+        return list(self._children[node])
+
+    def leaves(self, node: str) -> list[str]:
+        """The leaves of ``node``'s subtree in index order (``[node]`` for a leaf)."""
+        if self.is_leaf(node):
+            return [node]
+        return [leaf for child in self.children(node) for leaf in self.leaves(child)]
+
+    def ancestors(self, node: str) -> list[str]:
+        """Parent first, root last."""
+        chain = []
+        parent = self.parent_of[node]
+        while parent is not None:
+            chain.append(parent)
+            parent = self.parent_of[parent]
+        return chain
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(child, parent) pairs in the order of a round: post-order, so every subtree
+        trains its own pairs before its root pairs with its parent."""
+        return list(self._post_order(self.root))
+
+    def _post_order(self, node: str) -> Iterator[tuple[str, str]]:
+        for child in self.children(node):
+            yield from self._post_order(child)
+            yield (child, node)
+
+    def with_parent(self, node: str, new_parent: str) -> "Tree":
+        """Returns a tree where ``node`` (and its subtree) hangs under ``new_parent``.
+
+        Raises ValueError unless ``new_parent`` is in the tier directly above ``node``:
+        the paper's Theorem 1 allows moves within a tier, never across tiers.
+        """
+        if self.tier_of[new_parent] != self.tier_of[node] - 1:
+            raise ValueError(f"{new_parent} is not in the tier above {node}")
+        return Tree(self.tier_names, self.tier_of, {**self.parent_of, node: new_parent})
+
+
+def _node_order(tree: Tree):
+    def key(node: str) -> tuple[int, int]:
+        return tree.tier_of[node], int(node.rsplit("-", 1)[1])
+    return key

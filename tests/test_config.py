@@ -1,0 +1,128 @@
+"""Config validation: every error names the field and the value."""
+import pathlib
+
+import pytest
+import yaml
+
+from rayagg.config import load_config, parse_config
+from rayagg.errors import ConfigError
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+def base() -> dict:
+    return {
+        "name": "t",
+        "tree": {"tiers": [
+            {"name": "cloud", "model": "resnet18"},
+            {"name": "edge", "count": 2, "model": "resnet10"},
+            {"name": "device", "fanout": 3, "model": "cnn"},
+        ]},
+    }
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "paper-cifar10"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.name == name
+
+
+def test_paper_config_has_the_papers_shape():
+    config = load_config(CONFIGS / "paper-cifar10.yaml")
+    assert config.tree.counts() == [1, 15, 225]
+    assert (config.data.alpha, config.training.batch_size, config.training.lr) == (3.0, 8, 0.001)
+
+
+def test_counts_follow_fanout_and_count():
+    assert parse_config(base()).tree.counts() == [1, 2, 6]
+
+
+def test_paper_loss_defaults():
+    training = parse_config(base()).training
+    assert (training.temperature, training.beta, training.gamma) == (3.0, 10.0, 1.0)
+
+
+def test_unknown_model_names_field_and_value():
+    raw = base()
+    raw["tree"]["tiers"][1]["model"] = "resnet999"
+    message = error_of(raw)
+    assert "tree.tiers.1.model" in message and "resnet999" in message
+
+
+def test_fanout_zero_names_field():
+    raw = base()
+    raw["tree"]["tiers"][2]["fanout"] = 0
+    message = error_of(raw)
+    assert "tree.tiers.2.fanout" in message and "got 0" in message
+
+
+def test_counts_that_do_not_divide():
+    raw = base()
+    raw["tree"]["tiers"][2] = {"name": "device", "count": 7, "model": "cnn"}
+    message = error_of(raw)
+    assert "count 7 is not divisible by the 2 nodes" in message
+
+
+def test_negative_lr():
+    raw = {**base(), "training": {"lr": -0.1}}
+    message = error_of(raw)
+    assert "training.lr" in message and "-0.1" in message
+
+
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_unknown_keys(where):
+    raw = base()
+    if where == "top":
+        raw["trainng"] = {}
+        field = "trainng"
+    else:
+        raw["training"] = {"learning_rate": 0.1}
+        field = "training.learning_rate"
+    message = error_of(raw)
+    assert f"{field}: unknown key" in message
+
+
+def test_root_must_be_single():
+    raw = base()
+    raw["tree"]["tiers"][0]["count"] = 2
+    assert "root tier 'cloud' must have count 1" in error_of(raw)
+
+
+def test_tier_needs_count_or_fanout():
+    raw = base()
+    raw["tree"]["tiers"][1] = {"name": "edge", "model": "cnn"}
+    assert "exactly one of count or fanout" in error_of(raw)
+
+
+def test_too_few_samples_for_leaves():
+    raw = {**base(), "data": {"train_samples": 30, "min_samples_per_device": 10}}
+    assert "fewer than 6 leaves" in error_of(raw)
+
+
+def test_impossible_resources_are_rejected_early():
+    raw = base()
+    raw["tree"]["tiers"][0]["resources"] = {"num_cpus": -1}
+    assert "tree.tiers.0.resources.num_cpus" in error_of(raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tree: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = parse_config(base()).with_rounds(7)
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+    assert yaml.safe_load(path.read_text())["training"]["rounds"] == 7

@@ -1,0 +1,169 @@
+"""BSBODP as pure torch: loss values by hand, passes, teachers, evaluation."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rayagg import protocol
+from rayagg.protocol import DistillSettings
+
+
+def softmax(values, temperature):
+    exps = [math.exp(v / temperature) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def hand_kd(student, teacher, temperature):
+    """T^2 * sum_i p_i log(p_i / q_i), p = softmax(teacher/T), q = softmax(student/T)."""
+    p, q = softmax(teacher, temperature), softmax(student, temperature)
+    return temperature**2 * sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def hand_ce(logits, label):
+    return -math.log(softmax(logits, 1.0)[label])
+
+
+STUDENT, TEACHER, LABEL = [2.0, 0.5, -1.0], [0.0, 1.5, 0.3], 1
+
+
+def tensors():
+    return torch.tensor([STUDENT]), torch.tensor([TEACHER]), torch.tensor([LABEL])
+
+
+def test_distillation_loss_matches_hand_computation():
+    student, teacher, _ = tensors()
+    got = protocol.distillation_loss(student, teacher, temperature=3.0).item()
+    assert got == pytest.approx(hand_kd(STUDENT, TEACHER, 3.0), rel=1e-5)
+
+
+def test_distillation_loss_is_zero_for_equal_logits():
+    logits = torch.randn(4, 10)
+    assert protocol.distillation_loss(logits, logits.clone(), 3.0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_nonleaf_loss_matches_hand_computation():
+    student, teacher, label = tensors()
+    got = protocol.nonleaf_loss(student, teacher, label, temperature=3.0, beta=10.0).item()
+    want = hand_ce(STUDENT, LABEL) + 10.0 * hand_kd(STUDENT, TEACHER, 3.0)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_leaf_loss_matches_hand_computation():
+    student, teacher, label = tensors()
+    real_logits, real_label = torch.tensor([[0.1, 0.2, 3.0]]), torch.tensor([2])
+    got = protocol.leaf_loss(real_logits, real_label, student, teacher, label,
+                             temperature=3.0, gamma=0.5).item()
+    want = (hand_ce([0.1, 0.2, 3.0], 2) + hand_ce(STUDENT, LABEL)
+            + 0.5 * hand_kd(STUDENT, TEACHER, 3.0))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+
+def fixed_data(n=64):
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.rand(n, 1, 8, 8, generator=generator)
+    labels = torch.randint(0, 5, (n,), generator=generator)
+    teacher_model = small_model(seed=7).eval()
+    with torch.no_grad():  # a teacher the student can actually imitate
+        teacher = teacher_model(inputs) * 5
+    return inputs, labels, teacher
+
+
+def mean_distillation_loss(model, inputs, teacher, settings):
+    model.eval()
+    with torch.no_grad():
+        return protocol.distillation_loss(model(inputs), teacher, settings.temperature).item()
+
+
+def test_directional_pass_lowers_the_distillation_loss():
+    inputs, labels, teacher = fixed_data()
+    model = small_model()
+    settings = DistillSettings(batch_size=8, beta=10.0)
+    optimizer = protocol.make_optimizer(model, lr=0.01, momentum=0.9, weight_decay=0.0)
+    before = mean_distillation_loss(model, inputs, teacher, settings)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        protocol.directional_pass(model, optimizer, inputs, labels, teacher, settings=settings,
+                                  generator=generator)
+    after = mean_distillation_loss(model, inputs, teacher, settings)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_leaf_pass_uses_real_data():
+    inputs, labels, teacher = fixed_data()
+    settings = DistillSettings(batch_size=8)
+    results = []
+    for real in (None, (torch.zeros_like(inputs), labels)):
+        model = small_model()
+        optimizer = protocol.make_optimizer(model, lr=0.05, momentum=0.0, weight_decay=0.0)
+        results.append(protocol.directional_pass(model, optimizer, inputs, labels, teacher,
+                                                 settings=settings,
+                                                 generator=torch.Generator().manual_seed(0),
+                                                 real=real))
+    assert results[0] != pytest.approx(results[1])
+
+
+def test_directional_pass_rejects_misaligned_teacher():
+    inputs, labels, teacher = fixed_data()
+    model = small_model()
+    optimizer = protocol.make_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        protocol.directional_pass(model, optimizer, inputs, labels, teacher[:-1],
+                                  settings=DistillSettings(), generator=torch.Generator())
+
+
+def test_batches_of_one_are_skipped():
+    inputs, labels, teacher = fixed_data(n=9)
+    model = small_model()
+    optimizer = protocol.make_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0)
+    # 9 samples at batch 8 leave a batch of one, which BatchNorm cannot train on
+    protocol.directional_pass(model, optimizer, inputs, labels, teacher,
+                              settings=DistillSettings(batch_size=8), generator=torch.Generator())
+
+
+def test_weight_decay_and_momentum_are_applied():
+    model = nn.Linear(3, 1, bias=False)
+    nn.init.constant_(model.weight, 1.0)
+    optimizer = protocol.make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.5)
+    model(torch.zeros(1, 3)).sum().backward()  # zero gradient: only weight decay moves weights
+    optimizer.step()
+    assert model.weight.detach() == pytest.approx(torch.full((1, 3), 1 - 0.1 * 0.5))
+    assert "momentum_buffer" in optimizer.state[model.weight]
+
+
+def test_teacher_logits_need_no_grad_and_restore_mode():
+    inputs, _, _ = fixed_data()
+    model = small_model()
+    model.eval()
+    weights = [p.clone() for p in model.parameters()]
+    out = protocol.teacher_logits(model, inputs, batch_size=16, mode="train")
+    assert out.shape == (64, 5) and not out.requires_grad
+    assert not model.training
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_teacher_modes_differ_for_batchnorm_models():
+    inputs, _, _ = fixed_data()
+    model = small_model()
+    train_mode = protocol.teacher_logits(model, inputs, batch_size=16, mode="train")
+    model = small_model()
+    eval_mode = protocol.teacher_logits(model, inputs, batch_size=16, mode="eval")
+    assert not torch.allclose(train_mode, eval_mode)
+
+
+def test_evaluate_uses_eval_mode_and_restores_it():
+    inputs, labels, _ = fixed_data()
+    model = small_model()
+    model.train()
+    first = protocol.evaluate(model, inputs, labels, batch_size=7)
+    second = protocol.evaluate(model, inputs, labels, batch_size=64)
+    assert model.training
+    # eval mode: the result does not depend on how the test set is batched
+    assert first[0] == second[0] and first[1] == pytest.approx(second[1], rel=1e-5)
+    assert 0.0 <= first[0] <= 1.0

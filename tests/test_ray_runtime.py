@@ -1,0 +1,116 @@
+"""The tiny tree on a local Ray: one actor per node, bridge samples, wire, metrics,
+agreement with the in-process driver, and failing fast on impossible resources."""
+import time
+
+import pytest
+import ray
+from ray.util.state import list_actors
+
+from rayagg.config import parse_config
+from rayagg.driver import LocalRunner
+from rayagg.errors import ResourceError
+from rayagg.plan import make_plan
+from rayagg.run import execute
+from rayagg.runtime import RayRunner
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # The dashboard is on: ray.util.state needs it.
+    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+class InspectingRunner(RayRunner):
+    """Records what the tests check while the actors are still alive, then closes."""
+
+    def close(self):
+        self.inspected = {
+            "actors": list_actors(filters=[("ray_namespace", "=", self.namespace)], detail=True),
+            "counts": self.bridge_sample_counts(),
+            "wire": self.wire_logs(),
+        }
+        super().close()
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_session, tiny_config, tiny_plan, tmp_path_factory):
+    runner = InspectingRunner(tiny_plan)
+    out = tmp_path_factory.mktemp("ray-run")
+    records = execute(tiny_config, runner, out, echo=lambda line: None)
+    return runner, records, out
+
+
+def test_one_live_actor_per_node_with_its_tiers_resources(ray_run, tiny_plan):
+    runner, _, _ = ray_run
+    actors = {a.name: a for a in runner.inspected["actors"] if a.state == "ALIVE"}
+    assert sorted(actors) == sorted(tiny_plan.tree.nodes)
+    for name, actor in actors.items():
+        wanted = tiny_plan.tier(name).resources.num_cpus
+        assert actor.required_resources.get("CPU") == pytest.approx(wanted)
+    assert len({a.pid for a in actors.values()}) == len(actors)
+
+
+def test_actors_see_no_gpu_and_threads_follow_cpus(ray_run):
+    runner, _, _ = ray_run
+    for info in runner.placement.values():
+        assert info["cuda_visible_devices"] == "" and info["device"] == "cpu"
+        assert info["torch_threads"] == 1  # every tiny tier asks for under 2 CPUs
+
+
+def test_root_holds_every_bridge_sample(ray_run, tiny_plan):
+    runner, _, _ = ray_run
+    counts = runner.inspected["counts"]
+    assert counts[tiny_plan.tree.root] == sum(len(s) for s in tiny_plan.shards.values())
+    for node, count in counts.items():
+        assert count == sum(len(tiny_plan.shards[leaf]) for leaf in tiny_plan.tree.leaves(node))
+
+
+def test_only_codes_labels_and_logits_cross_actor_boundaries(ray_run, tiny_plan):
+    runner, _, _ = ray_run
+    channels, height, width = tiny_plan.image_shape
+    code_shape = (4, height // 4, width // 4)
+    kinds = set()
+    for node, log in runner.inspected["wire"].items():
+        for entry in log:
+            kinds.add(entry["kind"])
+            if entry["kind"] == "bridge_samples":
+                assert entry["sample_shapes"] == (code_shape, ())
+            else:
+                assert entry["sample_shapes"] == ((tiny_plan.num_classes,),)
+    assert kinds == {"bridge_samples", "logits"}
+    leaf_log = runner.inspected["wire"]["device-0"]
+    assert {(e["direction"], e["kind"]) for e in leaf_log} == {
+        ("sent", "bridge_samples"), ("sent", "logits"), ("received", "logits")}
+
+
+def test_metrics_and_plot_written_and_cloud_learns(ray_run, tiny_plan, tiny_config):
+    _, records, out = ray_run
+    assert (out / "metrics.parquet").is_file() and (out / "accuracy.png").is_file()
+    assert len(records) == tiny_config.training.rounds * len(tiny_plan.tree.nodes)
+    cloud = [r.accuracy for r in records if r.node == tiny_plan.tree.root]
+    assert cloud[-1] > 0.3  # chance is 0.1
+
+
+def test_ray_and_in_process_driver_agree(ray_run, tiny_config, tiny_plan, tiny_dataset, tmp_path):
+    _, ray_records, _ = ray_run
+    local_records = execute(tiny_config, LocalRunner(tiny_plan, tiny_dataset), tmp_path,
+                            echo=lambda line: None)
+    ray_acc = {(r.round, r.node): r.accuracy for r in ray_records}
+    local_acc = {(r.round, r.node): r.accuracy for r in local_records}
+    assert ray_acc.keys() == local_acc.keys()
+    # Same schedule, same seeds; only float reduction order (1 thread vs 2) differs.
+    for key in ray_acc:
+        assert ray_acc[key] == pytest.approx(local_acc[key], abs=0.05), key
+
+
+def test_impossible_request_fails_in_seconds(ray_session, tiny_config, tiny_plan):
+    raw = tiny_config.model_dump()
+    raw["tree"]["tiers"][0]["resources"] = {"num_cpus": 0.5, "num_gpus": 1}
+    plan = make_plan(parse_config(raw))
+    started = time.monotonic()
+    with pytest.raises(ResourceError) as info:
+        RayRunner(plan).start()
+    assert time.monotonic() - started < 10
+    assert "tier 'cloud'" in str(info.value) and "'GPU': 1" in str(info.value)

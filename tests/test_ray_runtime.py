@@ -4,6 +4,7 @@ import time
 
 import pytest
 import ray
+import torch
 from ray.util.state import list_actors
 
 from rayagg.config import parse_config
@@ -95,14 +96,20 @@ def test_metrics_and_plot_written_and_cloud_learns(ray_run, tiny_plan, tiny_conf
 
 def test_ray_and_in_process_driver_agree(ray_run, tiny_config, tiny_plan, tiny_dataset, tmp_path):
     _, ray_records, _ = ray_run
-    local_records = execute(tiny_config, LocalRunner(tiny_plan, tiny_dataset), tmp_path,
-                            echo=lambda line: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every tiny actor runs: float sums then add up in the same order
+    try:
+        local_records = execute(tiny_config, LocalRunner(tiny_plan, tiny_dataset), tmp_path,
+                                echo=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
     ray_acc = {(r.round, r.node): r.accuracy for r in ray_records}
     local_acc = {(r.round, r.node): r.accuracy for r in local_records}
     assert ray_acc.keys() == local_acc.keys()
-    # Same schedule, same seeds; only float reduction order (1 thread vs 2) differs.
+    # Same schedule, same seeds, same thread count: the runs agree to the sample
+    # (1% of the 300 test images allows for a stray float difference).
     for key in ray_acc:
-        assert ray_acc[key] == pytest.approx(local_acc[key], abs=0.05), key
+        assert ray_acc[key] == pytest.approx(local_acc[key], abs=0.01), key
 
 
 def test_impossible_request_fails_in_seconds(ray_session, tiny_config, tiny_plan):

@@ -1,0 +1,164 @@
+"""The durable bridge-sample store: one Parquet file of codes and labels per node.
+
+Bridge samples are computed once, by the leaves; a restarted node or a restarted run
+rebuilds its inputs from this copy instead of asking the devices again. The file is
+self-describing (format version, code shape, per-device counts in the schema
+metadata), so a reader can tell a complete file from a truncated or foreign one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from collections import Counter
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayagg.errors import CheckpointError
+from rayagg.node import BridgeSamples
+
+FORMAT_VERSION = 1
+
+_VERSION_KEY = b"rayagg.format_version"
+_SHAPE_KEY = b"rayagg.code_shape"
+_COUNTS_KEY = b"rayagg.device_counts"
+# Column -> expected type; the code column's list size is checked against the stored shape.
+_COLUMNS = {"device": pa.string(), "sample": pa.int64(), "label": pa.int64(), "code": None}
+
+
+def store_path(run_dir: pathlib.Path, node: str) -> pathlib.Path:
+    """Where ``node`` keeps its bridge samples within a run directory."""
+    return pathlib.Path(run_dir) / "bridge" / f"{node}.parquet"
+
+
+def write_bridge_samples(samples: Iterable[BridgeSamples], path: pathlib.Path) -> int:
+    """Writes ``samples`` to ``path`` atomically; returns the number of rows written.
+
+    Raises ValueError if there is nothing to store, if a device appears twice, if codes
+    and labels disagree in length, or if the items do not share one code shape.
+    """
+    path = pathlib.Path(path)
+    items = list(samples)
+    if not items:
+        raise ValueError(f"no bridge samples to store in {path}")
+    shape: Optional[tuple[int, ...]] = None
+    counts: dict[str, int] = {}
+    for item in items:
+        codes, labels = np.asarray(item.codes), np.asarray(item.labels)
+        if codes.ndim < 2 or labels.ndim != 1 or len(codes) != len(labels):
+            raise ValueError(f"{item.leaf}: codes {codes.shape} and labels {labels.shape} do not "
+                             "describe the same N samples")
+        if shape is None:
+            shape = codes.shape[1:]
+        elif codes.shape[1:] != shape:
+            raise ValueError(f"{item.leaf}: code shape {codes.shape[1:]} differs from {shape}")
+        if item.leaf in counts:
+            raise ValueError(f"device {item.leaf} appears twice")
+        counts[item.leaf] = len(labels)
+    size = math.prod(shape)
+
+    flat = np.concatenate([np.ascontiguousarray(i.codes, dtype=np.float32).reshape(-1) for i in items])
+    table = pa.table({
+        "device": pa.array(np.repeat(list(counts), list(counts.values())).tolist(), pa.string()),
+        "sample": pa.array(np.concatenate([np.arange(n, dtype=np.int64) for n in counts.values()])),
+        "label": pa.array(np.concatenate([np.asarray(i.labels, dtype=np.int64) for i in items])),
+        "code": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), size),
+    })
+    table = table.replace_schema_metadata({
+        _VERSION_KEY: str(FORMAT_VERSION).encode(),
+        _SHAPE_KEY: json.dumps(list(shape)).encode(),
+        _COUNTS_KEY: json.dumps(counts).encode(),  # dict order = device order for readers
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is atomic: readers see the old file or the whole new one.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return table.num_rows
+
+
+def read_bridge_samples(path: pathlib.Path, *,
+                        expected_counts: Optional[Mapping[str, int]] = None) -> list[BridgeSamples]:
+    """Reads a store written by :func:`write_bridge_samples`.
+
+    Returns one BridgeSamples per device, in the order written, rows ordered by sample
+    index, codes float32 of the stored shape, labels int64. Raises CheckpointError naming
+    ``path`` if the file is missing, unreadable, of a different schema or format version,
+    incomplete (row counts or sample indices disagree with its metadata), or if
+    ``expected_counts`` is given and the devices or their counts differ.
+    """
+    path = pathlib.Path(path)
+
+    def fail(problem: str) -> CheckpointError:
+        return CheckpointError(f"bridge-sample store {path}: {problem}")
+
+    if not path.is_file():
+        raise fail("file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for bad bytes
+        raise fail(f"not readable Parquet (truncated or corrupt): {exc}") from exc
+
+    schema = table.schema
+    if set(schema.names) != set(_COLUMNS) or len(schema.names) != len(_COLUMNS):
+        missing = sorted(set(_COLUMNS) - set(schema.names))
+        extra = sorted(set(schema.names) - set(_COLUMNS))
+        raise fail(f"unexpected columns: missing {missing}, extra {extra}")
+    for name, expected in _COLUMNS.items():
+        actual = schema.field(name).type
+        if expected is not None and actual != expected:
+            raise fail(f"column {name!r} has type {actual}, expected {expected}")
+    meta = schema.metadata or {}
+    if any(key not in meta for key in (_VERSION_KEY, _SHAPE_KEY, _COUNTS_KEY)):
+        raise fail("rayagg metadata (format version, code shape, device counts) is missing")
+    if meta[_VERSION_KEY] != str(FORMAT_VERSION).encode():
+        raise fail(f"unknown format version {meta[_VERSION_KEY].decode(errors='replace')!r}, "
+                   f"expected {FORMAT_VERSION}")
+    try:
+        shape = tuple(int(d) for d in json.loads(meta[_SHAPE_KEY]))
+        counts = {str(d): int(n) for d, n in json.loads(meta[_COUNTS_KEY]).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise fail(f"metadata is malformed: {exc}") from exc
+    code_type = pa.list_(pa.float32(), math.prod(shape))
+    if schema.field("code").type != code_type:
+        raise fail(f"column 'code' has type {schema.field('code').type}, expected {code_type}")
+    for name in _COLUMNS:
+        if table.column(name).null_count:
+            raise fail(f"column {name!r} has null values")
+
+    device_list = table.column("device").to_pylist()
+    devices = np.asarray(device_list, dtype=object)
+    sample = table.column("sample").to_numpy()
+    labels = table.column("label").to_numpy()
+    codes = table.column("code").combine_chunks().flatten().to_numpy().reshape((-1, *shape))
+    actual = dict(Counter(device_list))
+    if actual != {d: n for d, n in counts.items() if n}:  # a device may legitimately have 0 rows
+        raise fail(f"row counts per device {actual} differ from the metadata {counts}: "
+                   "rows were lost or added")
+
+    result = []
+    for device, n in counts.items():
+        rows = np.flatnonzero(devices == device)
+        rows = rows[np.argsort(sample[rows], kind="stable")]
+        if not np.array_equal(sample[rows], np.arange(n)):
+            raise fail(f"device {device}: sample indices are not 0..{n - 1} (duplicates or gaps)")
+        result.append(BridgeSamples(device, codes[rows].astype(np.float32, copy=False),
+                                    labels[rows].astype(np.int64, copy=False)))
+
+    if expected_counts is not None:
+        expected = dict(expected_counts)
+        missing = sorted(set(expected) - set(counts))
+        extra = sorted(set(counts) - set(expected))
+        wrong = {d: f"{counts[d]} != {expected[d]}" for d in sorted(set(expected) & set(counts))
+                 if counts[d] != expected[d]}
+        if missing or extra or wrong:
+            raise fail(f"devices differ from the expected ones: missing {missing}, extra {extra}, "
+                       f"wrong counts (stored != expected) {wrong}")
+    return result

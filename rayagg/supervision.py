@@ -1,0 +1,330 @@
+"""The supervisor's decisions as pure code: who is dead, and what happens to the tree.
+
+A supervisor actor stamps each heartbeat with its own ``time.monotonic()`` and learns of
+deaths at once when a call raises ActorDiedError. It feeds both into a
+:class:`SupervisorState` and asks :func:`decide` what to do; an executor applies the
+returned actions (``ray.kill``, spawning, telling parents about new children). Nothing
+here imports Ray or torch, and time is passed in, so tests drive it with plain floats.
+
+What a death does depends on where the node sits:
+
+* the root is restarted from its checkpoint (while ``Policy.max_restarts`` allows);
+* a non-root, non-leaf node (an edge) hands each child, with its subtree, to the
+  least-loaded surviving node of its own tier (moves stay within a tier: Theorem 1),
+  and is optionally replaced by a fresh actor restored from its checkpoint;
+* a leaf (a device) leaves the rounds; its bridge samples stay with its ancestors.
+
+A dead node keeps its place and name in the tree (a dead edge just has no children).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import ClassVar, Iterable, Mapping, Optional, Sequence
+
+from rayagg.errors import ConfigError, RayaggError
+from rayagg.tree import Tree
+
+
+class NoSurvivorError(RayaggError):
+    """A death cannot be absorbed: no live node of the tier can adopt the orphans, or
+    the root died and may not be restarted. ``node``, ``tier`` and ``orphans`` say which."""
+
+    def __init__(self, message: str, *, node: str, tier: str, orphans: Sequence[str] = ()):
+        super().__init__(message)
+        self.node = node
+        self.tier = tier
+        self.orphans = tuple(orphans)
+
+
+# ---------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """How long silence may last and what a death may cost.
+
+    Restarts and replacements are capped per node name; re-parenting is a membership
+    change and never spends that budget.
+    """
+
+    heartbeat_interval_s: float = 1.0
+    max_missed: int = 5
+    restart_root: bool = True
+    replace_dead: bool = False
+    max_restarts: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat_interval_s > 0:
+            raise ConfigError(f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s}")
+        if self.max_missed < 1:
+            raise ConfigError(f"max_missed must be >= 1, got {self.max_missed}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
+
+    @property
+    def deadline_s(self) -> float:
+        """Silence longer than this (strictly) makes a node dead."""
+        return self.heartbeat_interval_s * self.max_missed
+
+
+class Reason(str, Enum):
+    MISSED_HEARTBEATS = "missed_heartbeats"
+    ACTOR_DIED = "actor_died"
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+class ActionKind(str, Enum):
+    DECLARE_DEAD = "declare_dead"
+    REPARENT = "reparent"
+    DROP_LEAF = "drop_leaf"
+    RESTART = "restart"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One verb for the executor; ``node`` is the node it is about."""
+
+    node: str
+    kind: ClassVar[ActionKind]
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DeclareDead(Action):
+    """Kill ``node``'s actor (if it still runs) and stop expecting its heartbeats."""
+
+    reason: Reason
+    silent_s: Optional[float]  # now - last heartbeat; None if never seen
+    kind: ClassVar[ActionKind] = ActionKind.DECLARE_DEAD
+
+    def describe(self) -> str:
+        silence = "never seen" if self.silent_s is None else f"silent {self.silent_s:.1f} s"
+        return f"{self.node} declared dead: {self.reason.value} ({silence})"
+
+
+@dataclass(frozen=True)
+class Reparent(Action):
+    """Move ``node`` (and its subtree) from its dead parent to ``new_parent``."""
+
+    old_parent: str
+    new_parent: str
+    reason: Reason  # why old_parent died
+    kind: ClassVar[ActionKind] = ActionKind.REPARENT
+
+    def describe(self) -> str:
+        return f"{self.node} moved {self.old_parent} -> {self.new_parent} ({self.old_parent} died)"
+
+
+@dataclass(frozen=True)
+class DropLeaf(Action):
+    """Leave ``node`` out of the rounds; its bridge samples stay with its ancestors."""
+
+    reason: Reason
+    kind: ClassVar[ActionKind] = ActionKind.DROP_LEAF
+
+    def describe(self) -> str:
+        return f"{self.node} dropped from the rounds: {self.reason.value}"
+
+
+@dataclass(frozen=True)
+class Restart(Action):
+    """Start a new actor for ``node`` restored from its checkpoint."""
+
+    restarts: int  # restarts spent on this node name, this one included
+    kind: ClassVar[ActionKind] = ActionKind.RESTART
+
+    def describe(self) -> str:
+        return f"{self.node} restarted from its checkpoint (restart {self.restarts})"
+
+
+def describe(action: Action) -> str:
+    """A one-line account of ``action`` for the run log."""
+    return action.describe()
+
+
+# ---------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class SupervisorState:
+    """Everything :func:`decide` needs besides ``now``. Never mutated: every function
+    here returns a new state."""
+
+    tree: Tree
+    last_seen: Mapping[str, float]  # node -> monotonic stamp of its last heartbeat
+    started_at: float  # a node never seen counts as silent since then
+    dead: frozenset[str] = frozenset()  # declared dead; stays dead unless restarted
+    reported: frozenset[str] = frozenset()  # deaths reported by failed calls since the last decide
+    restarts: Mapping[str, int] = field(default_factory=dict)  # restarts spent per node name
+    load: Mapping[str, int] = field(default_factory=dict)  # bridge samples per node; missing = 0
+    policy: Policy = Policy()
+
+    @classmethod
+    def start(cls, tree: Tree, now: float, *, policy: Policy = Policy(),
+              load: Optional[Mapping[str, int]] = None) -> "SupervisorState":
+        """Supervision of ``tree`` beginning at ``now``, nothing seen yet."""
+        return cls(tree=tree, last_seen={}, started_at=now, load=dict(load or {}), policy=policy)
+
+
+def heartbeat(state: SupervisorState, node: str, now: float) -> SupervisorState:
+    """Records ``node``'s heartbeat arriving at ``now``; ignored for a dead node (its
+    actor is being killed). Raises ValueError for a node not in the tree."""
+    _check_node(state, node)
+    if node in state.dead:
+        return state
+    stamp = max(now, state.last_seen.get(node, now))  # a late-delivered stamp never rewinds
+    return replace(state, last_seen={**state.last_seen, node: stamp})
+
+
+def report_death(state: SupervisorState, node: str) -> SupervisorState:
+    """Records that a call to ``node`` raised ActorDiedError; the next :func:`decide`
+    declares it dead whatever the clock says. Raises ValueError for an unknown node."""
+    _check_node(state, node)
+    if node in state.dead:
+        return state
+    return replace(state, reported=state.reported | {node})
+
+
+def dead_after_s(state: SupervisorState, node: str, now: float) -> float:
+    """Seconds until ``node`` would be declared dead for silence; negative if overdue."""
+    return state.last_seen.get(node, state.started_at) + state.policy.deadline_s - now
+
+
+def least_loaded(candidates: Iterable[str], load: Mapping[str, int]) -> str:
+    """The candidate holding the fewest bridge samples; ties go to the lowest index.
+    Raises ValueError if there are no candidates."""
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("least_loaded needs at least one candidate")
+    return min(candidates, key=lambda node: (load.get(node, 0), _index(node), node))
+
+
+# ---------------------------------------------------------------------------- decide
+
+
+def decide(state: SupervisorState, now: float) -> tuple[SupervisorState, list[Action]]:
+    """Declares newly dead nodes and absorbs their deaths.
+
+    Returns the new state (``reported`` cleared) and the actions, in this order: one
+    DeclareDead per newly dead node, then the consequences of each death (root first,
+    then tier by tier, index order within a tier). All DeclareDeads come first so the
+    executor knows every dead actor before it applies any move.
+
+    A dead orphan (a device dying in the same tick as its edge) is still moved to a live
+    node, so its samples stay accounted for under a live ancestor, and then dropped. No
+    orphan ever goes to a node that died in this tick, even one restarted in it.
+
+    Raises NoSurvivorError when a dead edge's tier has no live node to adopt its
+    children (and the edge itself may not be replaced), or when the root died and may
+    not be restarted.
+    """
+    deaths = _newly_dead(state, now)
+    excluded = state.dead | {death.node for death in deaths}
+    actions: list[Action] = list(deaths)
+    state = replace(state, dead=excluded, reported=frozenset())
+    for death in deaths:
+        state, consequences = _absorb(state, death, excluded, now)
+        actions.extend(consequences)
+    return state, actions
+
+
+def _newly_dead(state: SupervisorState, now: float) -> list[DeclareDead]:
+    deaths = []
+    for node in state.tree.nodes:  # root first, then tier by tier, index order
+        if node in state.dead:
+            continue
+        seen = state.last_seen.get(node)
+        silent_s = None if seen is None else now - seen
+        if node in state.reported:
+            deaths.append(DeclareDead(node, Reason.ACTOR_DIED, silent_s))
+        elif now - state.last_seen.get(node, state.started_at) > state.policy.deadline_s:
+            deaths.append(DeclareDead(node, Reason.MISSED_HEARTBEATS, silent_s))
+    return deaths
+
+
+def _absorb(state: SupervisorState, death: DeclareDead, excluded: frozenset[str],
+            now: float) -> tuple[SupervisorState, list[Action]]:
+    tree = state.tree
+    if death.node == tree.root:
+        return _restart_root(state, now)
+    if tree.is_leaf(death.node):
+        return state, [DropLeaf(death.node, death.reason)]
+    return _adopt_orphans(state, death, excluded, now)
+
+
+def _restart_root(state: SupervisorState, now: float) -> tuple[SupervisorState, list[Action]]:
+    root, policy = state.tree.root, state.policy
+    if not policy.restart_root:
+        why = "restarts are disabled (restart_root=False)"
+    elif not _may_restart(state, root):
+        why = f"restarts are exhausted ({policy.max_restarts} of {policy.max_restarts} spent)"
+    else:
+        state, restart = _restart(state, root, now)
+        return state, [restart]
+    raise NoSurvivorError(f"root {root} died and {why}", node=root, tier=state.tree.tier_name(root))
+
+
+def _adopt_orphans(state: SupervisorState, death: DeclareDead, excluded: frozenset[str],
+                   now: float) -> tuple[SupervisorState, list[Action]]:
+    node, tree = death.node, state.tree
+    orphans = tree.children(node)
+    survivors = [n for n in tree.nodes_of_tier(tree.tier_of[node]) if n not in excluded]
+    replace_it = state.policy.replace_dead and _may_restart(state, node)
+    actions: list[Action] = []
+    if orphans and not survivors:
+        if not replace_it:
+            raise NoSurvivorError(
+                f"{node} died and no {tree.tier_name(node)} survives to adopt {', '.join(orphans)}",
+                node=node, tier=tree.tier_name(node), orphans=orphans)
+        orphans = []  # nowhere to go: the replacement, restored from checkpoint, keeps them
+    for orphan in orphans:
+        new_parent = least_loaded(survivors, state.load)
+        state = _move(state, orphan, new_parent)
+        actions.append(Reparent(orphan, node, new_parent, death.reason))
+    if replace_it:
+        state, restart = _restart(state, node, now)
+        actions.append(restart)
+    return state, actions
+
+
+def _move(state: SupervisorState, orphan: str, new_parent: str) -> SupervisorState:
+    """Re-parents ``orphan``; its subtree's samples leave the old ancestors' loads and
+    join the new ones' (common ancestors see no change)."""
+    tree, samples = state.tree, state.load.get(orphan, 0)
+    delta: dict[str, int] = {}
+    for ancestor in tree.ancestors(orphan):
+        delta[ancestor] = delta.get(ancestor, 0) - samples
+    for ancestor in [new_parent, *tree.ancestors(new_parent)]:
+        delta[ancestor] = delta.get(ancestor, 0) + samples
+    load = dict(state.load)
+    for ancestor, change in delta.items():
+        if change:
+            load[ancestor] = max(0, load.get(ancestor, 0) + change)
+    return replace(state, tree=tree.with_parent(orphan, new_parent), load=load)
+
+
+def _restart(state: SupervisorState, node: str, now: float) -> tuple[SupervisorState, Restart]:
+    """``node`` comes back: no longer dead, a fresh deadline from ``now``, one restart spent."""
+    count = state.restarts.get(node, 0) + 1
+    state = replace(state, dead=state.dead - {node},
+                    last_seen={**state.last_seen, node: now},
+                    restarts={**state.restarts, node: count})
+    return state, Restart(node, count)
+
+
+def _may_restart(state: SupervisorState, node: str) -> bool:
+    return state.restarts.get(node, 0) < state.policy.max_restarts
+
+
+def _check_node(state: SupervisorState, node: str) -> None:
+    if node not in state.tree.tier_of:
+        raise ValueError(f"{node} is not a node of the tree")
+
+
+def _index(node: str) -> int:
+    return int(node.rsplit("-", 1)[1])

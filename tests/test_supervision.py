@@ -1,0 +1,264 @@
+"""The supervisor's pure decisions, driven by a fake clock (plain floats): no Ray, no torch."""
+import copy
+
+import pytest
+
+from rayagg.errors import ConfigError, RayaggError
+from rayagg.supervision import (
+    DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Reparent, Restart,
+    SupervisorState, dead_after_s, decide, describe, heartbeat, least_loaded, report_death,
+)
+from rayagg.tree import Tree
+
+
+def make_state(policy=Policy(), load=None, counts=(1, 3, 9), t=0.0) -> SupervisorState:
+    """Supervision starting at ``t`` with every node's heartbeat seen at ``t``."""
+    state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], counts), t,
+                                  policy=policy, load=load)
+    return beat_all_but(state, t)
+
+
+def beat_all_but(state, now, *silent):
+    for node in state.tree.nodes:
+        if node not in silent:
+            state = heartbeat(state, node, now)
+    return state
+
+
+def moves(actions):
+    return [(a.node, a.new_parent) for a in actions if isinstance(a, Reparent)]
+
+
+def declared(actions):
+    return [a.node for a in actions if isinstance(a, DeclareDead)]
+
+
+# ------------------------------------------------------------------ heartbeats and time
+
+
+@pytest.mark.parametrize("now, dies", [(4.9, False), (5.0, False), (5.1, True)])
+def test_late_heartbeat_kills_only_past_the_deadline(now, dies):
+    state = beat_all_but(make_state(), now, "edge-1")
+    state, actions = decide(state, now)
+    if not dies:
+        assert actions == [] and state.dead == frozenset()
+        return
+    first = actions[0]
+    assert isinstance(first, DeclareDead) and first.node == "edge-1"
+    assert first.reason is Reason.MISSED_HEARTBEATS
+    assert first.silent_s == pytest.approx(5.1)
+    assert declared(actions) == ["edge-1"] and state.dead == {"edge-1"}
+
+
+def test_flapping_node_is_never_killed_within_the_deadline():
+    state = make_state()
+    for late, back in [(4.5, 4.8), (9.5, 9.7), (14.6, 14.65)]:
+        state = beat_all_but(state, late, "edge-1")
+        state, actions = decide(state, late)
+        assert actions == [], f"edge-1 killed at {late} though last seen within 5 s"
+        state = heartbeat(state, "edge-1", back)
+    state = beat_all_but(state, 19.7, "edge-1")
+    state, actions = decide(state, 19.7)  # silent 5.05 s
+    assert declared(actions) == ["edge-1"]
+
+
+def test_heartbeats_from_a_dead_node_are_ignored():
+    state = beat_all_but(make_state(), 6.0, "edge-1")
+    state, _ = decide(state, 6.0)
+    revenant = heartbeat(state, "edge-1", 6.5)
+    assert revenant.last_seen["edge-1"] == 0.0 and "edge-1" in revenant.dead
+    revenant = beat_all_but(revenant, 7.0)
+    _, actions = decide(revenant, 7.0)
+    assert actions == []  # declared once, never again, never revived
+
+
+def test_reported_death_is_immediate_and_reported_is_cleared():
+    state = report_death(make_state(), "device-4")
+    state, actions = decide(state, 0.1)
+    assert actions == [DeclareDead("device-4", Reason.ACTOR_DIED, pytest.approx(0.1)),
+                       DropLeaf("device-4", Reason.ACTOR_DIED)]
+    assert state.reported == frozenset() and state.dead == {"device-4"}
+    assert state.tree.parent_of["device-4"] == "edge-1"  # a dropped leaf keeps its place
+
+
+def test_never_seen_nodes_count_from_started_at():
+    state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], [1, 3, 9]), 100.0)
+    assert dead_after_s(state, "device-0", 101.0) == pytest.approx(4.0)
+    state = beat_all_but(state, 103.0, "device-0")
+    _, actions = decide(state, 104.9)
+    assert actions == []
+    state, actions = decide(state, 105.5)
+    assert actions == [DeclareDead("device-0", Reason.MISSED_HEARTBEATS, None),
+                       DropLeaf("device-0", Reason.MISSED_HEARTBEATS)]
+    assert dead_after_s(state, "device-1", 109.0) == pytest.approx(-1.0)
+
+
+# ------------------------------------------------------------------ orphans and balancing
+
+
+@pytest.mark.parametrize("edge0_load, expected", [
+    (100, ["edge-2", "edge-2", "edge-0"]),  # 10+50 < 100: the second orphan follows the first
+    (55, ["edge-2", "edge-0", "edge-2"]),   # 10+50 >= 55: edge-0 is lighter for the second
+])
+def test_edge_death_moves_orphans_least_loaded_first(edge0_load, expected):
+    load = {"edge-0": edge0_load, "edge-1": 110, "edge-2": 10, "device-3": 50, "device-4": 60}
+    state = report_death(make_state(load=load), "edge-1")
+    before = state.tree
+    state, actions = decide(state, 0.5)
+    assert moves(actions) == list(zip(["device-3", "device-4", "device-5"], expected))
+    assert all(a.old_parent == "edge-1" and a.reason is Reason.ACTOR_DIED
+               for a in actions if isinstance(a, Reparent))
+    for edge in ("edge-0", "edge-2"):
+        moved = sum(load.get(d, 0) for d, e in zip(["device-3", "device-4", "device-5"], expected)
+                    if e == edge)
+        assert state.load[edge] == load[edge] + moved
+    assert state.load["edge-1"] == 0
+    tree = state.tree
+    assert tree.children("edge-1") == [] and "edge-1" in tree.nodes
+    assert sorted(tree.leaves(tree.root)) == sorted(before.leaves(before.root))
+    assert all(tree.parent_of[leaf] not in state.dead for leaf in tree.leaves(tree.root))
+
+
+def test_least_loaded_breaks_ties_by_index_not_by_spelling():
+    assert least_loaded(["edge-2", "edge-0"], {}) == "edge-0"
+    assert least_loaded(["edge-10", "edge-2"], {"edge-2": 5, "edge-10": 5}) == "edge-2"
+    assert least_loaded(["edge-0", "edge-1"], {"edge-0": 3}) == "edge-1"
+    with pytest.raises(ValueError):
+        least_loaded([], {})
+
+
+def test_two_edges_die_in_one_tick_and_the_third_adopts_all():
+    state = beat_all_but(make_state(), 5.5, "edge-0", "edge-1")
+    state, actions = decide(state, 5.5)
+    assert declared(actions) == ["edge-0", "edge-1"]
+    assert moves(actions) == [(f"device-{i}", "edge-2") for i in range(6)]
+    assert state.tree.children("edge-2") == [f"device-{i}" for i in range(9)]
+
+
+def test_a_device_dying_with_its_edge_is_moved_then_dropped():
+    """Documented choice: the dead device still moves to a live edge, so its samples stay
+    accounted for under a live ancestor, and is then dropped from the rounds."""
+    state = report_death(report_death(make_state(), "device-4"), "edge-1")
+    state, actions = decide(state, 0.2)
+    assert [type(a).__name__ for a in actions] == [
+        "DeclareDead", "DeclareDead", "Reparent", "Reparent", "Reparent", "DropLeaf"]
+    assert declared(actions) == ["edge-1", "device-4"]
+    assert actions[-1] == DropLeaf("device-4", Reason.ACTOR_DIED)
+    assert state.tree.parent_of["device-4"] in {"edge-0", "edge-2"}
+    assert state.dead == {"edge-1", "device-4"}
+
+
+def test_single_survivor_adopts_and_earlier_dead_are_never_chosen():
+    state = report_death(make_state(), "edge-0")
+    state, _ = decide(state, 0.1)  # device-0..2 spread over edge-1 and edge-2
+    adopted = state.tree.children("edge-1")
+    state = report_death(state, "edge-1")
+    state, actions = decide(state, 0.2)
+    assert moves(actions) == [(device, "edge-2") for device in adopted]
+    assert state.tree.children("edge-0") == state.tree.children("edge-1") == []
+    assert len(state.tree.children("edge-2")) == 9
+
+
+def test_no_survivor_raises_naming_node_tier_and_orphans():
+    state = beat_all_but(make_state(counts=(1, 2, 4)), 6.0, "edge-0", "edge-1")
+    with pytest.raises(NoSurvivorError) as info:
+        decide(state, 6.0)
+    assert isinstance(info.value, RayaggError)
+    assert info.value.node == "edge-0" and info.value.tier == "edge"
+    assert info.value.orphans == ("device-0", "device-1")
+    assert str(info.value) == "edge-0 died and no edge survives to adopt device-0, device-1"
+
+
+# ------------------------------------------------------------------ restarts
+
+
+def test_root_death_restarts_until_exhausted():
+    state = make_state(policy=Policy(max_restarts=2))
+    for count, now in [(1, 1.0), (2, 2.0)]:
+        state, actions = decide(report_death(state, "cloud-0"), now)
+        assert actions[-1] == Restart("cloud-0", count)
+        assert state.restarts["cloud-0"] == count and "cloud-0" not in state.dead
+        assert state.last_seen["cloud-0"] == now  # a fresh deadline
+    with pytest.raises(NoSurvivorError, match="root cloud-0 died and restarts are exhausted"):
+        decide(report_death(state, "cloud-0"), 3.0)
+
+
+def test_root_restart_disabled_raises():
+    state = report_death(make_state(policy=Policy(restart_root=False)), "cloud-0")
+    with pytest.raises(NoSurvivorError, match="disabled"):
+        decide(state, 1.0)
+
+
+def test_root_handled_before_edges_in_the_same_tick():
+    state = report_death(report_death(make_state(), "edge-2"), "cloud-0")
+    _, actions = decide(state, 1.0)
+    assert declared(actions) == ["cloud-0", "edge-2"]
+    assert actions[2] == Restart("cloud-0", 1) and isinstance(actions[3], Reparent)
+
+
+def test_replace_dead_restarts_after_the_reparents_within_its_cap():
+    state = report_death(make_state(policy=Policy(replace_dead=True, max_restarts=1)), "edge-1")
+    state, actions = decide(state, 1.0)
+    assert [type(a) for a in actions] == [DeclareDead, Reparent, Reparent, Reparent, Restart]
+    assert actions[-1] == Restart("edge-1", 1)
+    assert "edge-1" not in state.dead and state.tree.children("edge-1") == []
+    state = report_death(state, "edge-1")
+    state, actions = decide(state, 2.0)
+    assert actions == [DeclareDead("edge-1", Reason.ACTOR_DIED, pytest.approx(1.0))]
+    assert "edge-1" in state.dead  # cap spent: stays dead, childless
+
+
+def test_no_orphan_goes_to_an_edge_replaced_in_the_same_tick():
+    state = make_state(policy=Policy(replace_dead=True))
+    state = report_death(report_death(state, "edge-0"), "edge-1")
+    state, actions = decide(state, 1.0)
+    assert moves(actions) == [(f"device-{i}", "edge-2") for i in range(6)]
+    assert [a for a in actions if isinstance(a, Restart)] == [Restart("edge-0", 1),
+                                                              Restart("edge-1", 1)]
+    assert state.dead == frozenset()
+
+
+def test_replaced_edge_keeps_its_children_when_no_peer_survives():
+    state = make_state(policy=Policy(replace_dead=True), counts=(1, 1, 3))
+    state, actions = decide(report_death(state, "edge-0"), 1.0)
+    assert actions[1:] == [Restart("edge-0", 1)]
+    assert state.tree.children("edge-0") == ["device-0", "device-1", "device-2"]
+
+
+# ------------------------------------------------------------------ purity, logs, config
+
+
+def test_decide_does_not_mutate_its_input():
+    load = {"edge-0": 7, "device-3": 2}
+    state = report_death(make_state(policy=Policy(replace_dead=True), load=load), "edge-1")
+    state = report_death(state, "cloud-0")
+    snapshot = copy.deepcopy(state)
+    decide(state, 6.0)
+    assert state == snapshot
+    assert state.tree.parent_of["device-3"] == "edge-1" and state.reported == {"edge-1", "cloud-0"}
+
+
+def test_describe_is_one_readable_line():
+    assert describe(DeclareDead("edge-1", Reason.MISSED_HEARTBEATS, 5.23)) == \
+        "edge-1 declared dead: missed_heartbeats (silent 5.2 s)"
+    never = DeclareDead("device-0", Reason.MISSED_HEARTBEATS, None)
+    assert describe(never) == "device-0 declared dead: missed_heartbeats (never seen)"
+    assert describe(Reparent("device-3", "edge-1", "edge-0", Reason.ACTOR_DIED)) == \
+        "device-3 moved edge-1 -> edge-0 (edge-1 died)"
+    assert describe(DropLeaf("device-3", Reason.ACTOR_DIED)) == \
+        "device-3 dropped from the rounds: actor_died"
+    assert describe(Restart("cloud-0", 2)) == "cloud-0 restarted from its checkpoint (restart 2)"
+
+
+def test_policy_deadline_and_validation():
+    assert Policy(heartbeat_interval_s=0.5, max_missed=4).deadline_s == pytest.approx(2.0)
+    for bad in [dict(heartbeat_interval_s=0.0), dict(max_missed=0), dict(max_restarts=-1)]:
+        with pytest.raises(ConfigError):
+            Policy(**bad)
+
+
+def test_unknown_node_is_rejected():
+    with pytest.raises(ValueError, match="edge-9"):
+        heartbeat(make_state(), "edge-9", 1.0)
+    with pytest.raises(ValueError, match="edge-9"):
+        report_death(make_state(), "edge-9")

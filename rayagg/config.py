@@ -164,6 +164,28 @@ class RuntimeConfig(_Section):
     autoscaling: bool = False
 
 
+class SupervisionConfig(_Section):
+    """Heartbeats, failure detection and recovery (see rayagg/supervision.py).
+
+    A node is dead after ``heartbeat_interval_s * max_missed`` seconds of silence, or at
+    once when a call to it reports its actor died. A dead edge's children move to the
+    least-loaded live node of its tier; a dead device leaves the rounds (its bridge
+    samples stay with its ancestors unless ``keep_dead_leaf_samples`` is false); a dead
+    root is restarted from its last checkpoint. ``replace_dead`` also replaces a dead
+    non-leaf by a fresh actor restored from its checkpoint. Restarts are capped per
+    node by ``max_restarts``; re-parenting never spends them. ``checkpoint_every`` is in
+    rounds.
+    """
+
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    max_missed: int = Field(5, ge=1)
+    restart_root: bool = True
+    replace_dead: bool = False
+    max_restarts: int = Field(3, ge=0)
+    keep_dead_leaf_samples: bool = True
+    checkpoint_every: int = Field(1, ge=1)
+
+
 class RunConfig(_Section):
     """A whole run: the root of the YAML file."""
 
@@ -173,6 +195,7 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
 
     @model_validator(mode="after")
     def _enough_samples_per_leaf(self) -> "RunConfig":

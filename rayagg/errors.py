@@ -40,3 +40,8 @@ class NodeTimeoutError(NodeError):
 
 class NodeDiedError(NodeError):
     """A node's actor died (killed, crashed, or its machine went away)."""
+
+
+class RecoveryError(RayaggError):
+    """A failure the tree cannot absorb: no survivor in a tier, restarts exhausted, or a
+    round that failed again after its retry."""

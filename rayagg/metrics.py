@@ -56,12 +56,14 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rounds = sorted({r.round for r in records})
     fig, ax = plt.subplots(figsize=(6, 4))
     for tier in tier_names:
         curve = [tier_means([r for r in records if r.round == n], [tier]).get(tier) for n in rounds]
         ax.plot(rounds, [100 * a for a in curve], marker="o", label=tier)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("FedAgg: mean test accuracy per tier")

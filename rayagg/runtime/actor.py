@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 from collections import Counter
 from typing import Any
 
@@ -45,6 +46,25 @@ class NodeActor:
         self._test = evaluation_split(plan, dataset)
         self._name = name
         self._wire: Counter[tuple] = Counter()
+        self._stop_heartbeats = threading.Event()
+
+    def start_heartbeats(self, supervisor: Any, interval_s: float) -> None:
+        """Sends ``supervisor.heartbeat`` every ``interval_s`` from a daemon thread.
+
+        A thread, because a training step holds this actor's only task slot for
+        seconds; torch releases the GIL in its kernels, so the thread still runs.
+        """
+        def beat() -> None:
+            while True:
+                supervisor.heartbeat.remote(self._name)
+                if self._stop_heartbeats.wait(interval_s):
+                    return
+
+        threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
+
+    def stop_heartbeats(self) -> None:
+        """Silences this node (used by tests to simulate a hung node)."""
+        self._stop_heartbeats.set()
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs and with what: for the runner's start-up check and tests."""
@@ -91,6 +111,12 @@ class NodeActor:
     def save_checkpoint(self, path: str) -> str:
         """Writes this node's model and optimizer to ``path`` on the actor's machine."""
         checkpoint.save(self._state.state_dict(), pathlib.Path(path))
+        return path
+
+    def load_checkpoint(self, path: str) -> str:
+        """Restores model, optimizer and shuffling state from ``path`` (CheckpointError if
+        it is missing or corrupt)."""
+        self._state.load_state_dict(checkpoint.load(pathlib.Path(path)))
         return path
 
     def wire_log(self) -> list[dict[str, Any]]:

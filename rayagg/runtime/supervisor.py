@@ -1,0 +1,48 @@
+"""The supervisor actor: stamps heartbeats, and answers the runner's ``tick`` with the
+pure policy's decisions (rayagg/supervision.py). It applies nothing itself: the runner
+executes the actions, so every ``ray.kill`` and actor creation has one owner.
+
+It is an async actor with ``num_cpus=0``: heartbeats never queue behind anything, and
+it needs no CPU reservation.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import ray
+
+from rayagg import supervision
+from rayagg.supervision import NoSurvivorError, Policy, SupervisorState
+from rayagg.tree import Tree
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class SupervisorActor:
+    """One per run, named ``supervisor`` in the run's namespace."""
+
+    def __init__(self, tree: Tree, policy: Policy, load: Mapping[str, int]):
+        self._state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load)
+
+    async def heartbeat(self, node: str) -> None:
+        self._state = supervision.heartbeat(self._state, node, time.monotonic())
+
+    async def report_death(self, node: str) -> None:
+        self._state = supervision.report_death(self._state, node)
+
+    async def tick(self) -> dict[str, Any]:
+        """Decides now. Returns the actions, the tree and dead set after them, and
+        ``fatal`` (a message) when the tree cannot absorb a death."""
+        try:
+            self._state, actions = supervision.decide(self._state, time.monotonic())
+        except NoSurvivorError as exc:
+            return {"actions": [], "tree": self._state.tree, "dead": self._state.dead,
+                    "fatal": str(exc)}
+        return {"actions": actions, "tree": self._state.tree, "dead": self._state.dead,
+                "fatal": None}
+
+    async def silence_s(self) -> dict[str, float]:
+        """Seconds since each node's last heartbeat (for ``status`` and tests)."""
+        now = time.monotonic()
+        return {node: now - self._state.last_seen.get(node, self._state.started_at)
+                for node in self._state.tree.nodes if node not in self._state.dead}

@@ -24,40 +24,73 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
 @click.option("--address", default=None, metavar="ADDR",
               help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379'); without it a local "
                    "Ray is started and stopped at the end.")
 @click.option("--rounds", type=int, default=None, help="Override training.rounds.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: runs/<config name>-<timestamp>).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              metavar="RUN_DIR", help="Continue a crashed or interrupted run from its last "
+                                      "checkpoint (CONFIG defaults to RUN_DIR/config.yaml).")
 @click.option("--local", is_flag=True,
               help="Run the sequential in-process reference driver instead of Ray actors.")
-def run(config_path: str, address: Optional[str], rounds: Optional[int], out_dir: Optional[str],
-        local: bool) -> None:
+def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int],
+        out_dir: Optional[str], resume_dir: Optional[str], local: bool) -> None:
     """Train the tree described by CONFIG and write RUN_DIR.
 
     RUN_DIR holds metrics.parquet (round, node, tier, accuracy, loss, seconds),
-    accuracy.png, config.yaml (the resolved config) and checkpoints/<node>.pt.
-    One line per round gives the root's accuracy and the mean of every other tier.
+    events.parquet (deaths, moves, restarts, resumes), accuracy.png, config.yaml (the
+    resolved config), state.json and checkpoints/<node>.pt. One line per round gives
+    the root's accuracy and the mean of every other tier. Ctrl-C writes a final
+    checkpoint; `rayagg run --resume RUN_DIR` continues from it.
     """
     from rayagg import config as config_module
     from rayagg.run import execute
 
     with _user_errors():
-        config = config_module.load_config(config_path)
+        if config_path is None and resume_dir is None:
+            raise click.UsageError("give CONFIG, or --resume RUN_DIR")
+        config = config_module.load_config(config_path or pathlib.Path(resume_dir) / "config.yaml")
         if rounds is not None:
             config = config.with_rounds(rounds)
-        run_dir = pathlib.Path(out_dir or _default_run_dir(config.name))
+        run_dir = pathlib.Path(resume_dir or out_dir or _default_run_dir(config.name))
         click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
         runner = _make_runner(config, address, local)
         with click.progressbar(length=config.training.rounds, label="rounds",
                                file=sys.stderr) as bar:
             def report(line: str) -> None:
                 click.echo(line)
-                bar.update(1)
-            execute(config, runner, run_dir, echo=report)
+                if line.startswith("round "):
+                    bar.update(1)
+            try:
+                execute(config, runner, run_dir, echo=report, resume=resume_dir is not None)
+            except KeyboardInterrupt:
+                click.echo(f"rayagg: stopped; resume with: rayagg run --resume {run_dir}", err=True)
+                sys.exit(130)
         click.echo(f"rayagg: done; metrics, plot and checkpoints in {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
+def status(run_dir: str) -> None:
+    """Show a run's progress and what happened to its tree: the last checkpointed round,
+    dead nodes, who moved where and why (from RUN_DIR/state.json and events.parquet)."""
+    from rayagg.events import read_events
+    from rayagg.run import RunState
+
+    with _user_errors():
+        path = pathlib.Path(run_dir)
+        state = RunState.load(path)
+        click.echo(f"last checkpointed round: {state.round}")
+        click.echo(f"dead nodes: {', '.join(state.dead) or 'none'}")
+        events = read_events(path / "events.parquet") if (path / "events.parquet").is_file() else []
+        for event in events:
+            when = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
+            click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
+        if not events:
+            click.echo("no events: no node failed")
 
 
 @main.command("pretrain-autoencoder")

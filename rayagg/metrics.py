@@ -4,6 +4,7 @@ from __future__ import annotations
 import pathlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,8 +51,10 @@ def summary_line(round_index: int, rounds: int, records: list[NodeMetrics],
     return f"round {round_index}/{rounds}  " + "  ".join(parts) + f"  ({records[0].round_s:.1f} s)"
 
 
-def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathlib.Path) -> None:
-    """Draws mean test accuracy per tier per round to a PNG."""
+def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathlib.Path,
+                  events: Sequence = ()) -> None:
+    """Draws mean test accuracy per tier per round to a PNG; deaths, restarts and
+    resumes are marked with a dashed line at their round."""
     import matplotlib  # imported here: a plot is optional work at the very end of a run
 
     matplotlib.use("Agg")
@@ -63,6 +66,14 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
     for tier in tier_names:
         curve = [tier_means([r for r in records if r.round == n], [tier]).get(tier) for n in rounds]
         ax.plot(rounds, [100 * a for a in curve], marker="o", label=tier)
+    marked = {}
+    for event in events:
+        if event.kind in ("declare_dead", "restart", "resume"):
+            marked.setdefault(max(event.round, 1), []).append(event.node or event.kind)
+    for round_index, nodes in sorted(marked.items()):
+        ax.axvline(round_index, color="grey", linestyle="--", alpha=0.6)
+        ax.annotate(", ".join(sorted(set(nodes))), (round_index, ax.get_ylim()[1]), fontsize=7,
+                    rotation=90, va="top", ha="right", color="grey")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")

@@ -30,3 +30,21 @@ def tiny_plan(tiny_config, tiny_dataset):
     from rayagg.plan import make_plan
 
     return make_plan(tiny_config, tiny_dataset)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for one test module. The dashboard is on: ray.util.state needs it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def with_changes(config, **sections):
+    """A copy of ``config`` with some keys of some sections changed, validated."""
+    raw = config.model_dump()
+    for section, changes in sections.items():
+        raw[section] = {**raw[section], **changes}
+    return parse_config(raw)

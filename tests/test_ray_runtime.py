@@ -15,14 +15,6 @@ from rayagg.run import execute
 from rayagg.runtime import RayRunner
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    # The dashboard is on: ray.util.state needs it.
-    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 class InspectingRunner(RayRunner):
     """Records what the tests check while the actors are still alive, then closes."""
 

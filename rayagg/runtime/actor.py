@@ -54,11 +54,13 @@ class NodeActor:
         A thread, because a training step holds this actor's only task slot for
         seconds; torch releases the GIL in its kernels, so the thread still runs.
         """
+        # The first beat is synchronous: the supervisor then counts silence from now,
+        # not from before this actor (maybe a restart) was created.
+        ray.get(supervisor.heartbeat.remote(self._name), timeout=60)
+
         def beat() -> None:
-            while True:
+            while not self._stop_heartbeats.wait(interval_s):
                 supervisor.heartbeat.remote(self._name)
-                if self._stop_heartbeats.wait(interval_s):
-                    return
 
         threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
 

@@ -1,18 +1,22 @@
-"""RayRunner: the tree as Ray actors, driven from the driver process.
+"""RayRunner: the tree as Ray actors, driven and supervised from the driver process.
 
 Design, from RAY_NOTES.md:
 
 * The driver creates every node actor (named ``<tier>-<index>`` in the run's
-  namespace), so no actor's death takes another with it.
+  namespace) and the supervisor, so no actor's death takes another with it.
 * The driver calls ``leaf.encode.remote()`` and so owns every bridge sample's object
-  ref; parents receive the refs of their subtree as arguments. An edge that dies
-  therefore loses no bridge sample: the refs live as long as the driver.
+  ref; parents receive the refs of their subtree as arguments. When an edge dies, its
+  orphans' samples are re-sent to their new parent from those refs: nothing is asked of
+  the dead node and no bridge sample is lost.
 * A round is submitted as one graph of actor calls: logits refs feed ``learn`` calls
   directly. Ray runs calls to one actor in submission order, so every node does the
   same work in the same order as the sequential driver, while independent subtrees
   run at the same time.
-* Every wait has a deadline; Ray's exceptions become NodeDiedError, NodeTimeoutError
-  or NodeError naming the node and the call.
+* Waits poll the supervisor every heartbeat interval and apply its decisions (kill,
+  re-parent, drop, restart). A round that loses a node is retried once on the repaired
+  tree; pairs that had finished before the failure train again in the retry.
+* Every wait has a deadline; Ray's exceptions become the project's errors naming the
+  node and the call.
 """
 from __future__ import annotations
 
@@ -20,15 +24,21 @@ import datetime
 import os
 import pathlib
 import time
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import ray
 from ray import exceptions as ray_errors
 
-from rayagg.errors import NodeDiedError, NodeError, NodeTimeoutError
+from rayagg import store
+from rayagg.errors import NodeDiedError, NodeError, NodeTimeoutError, RecoveryError
+from rayagg.events import Event
 from rayagg.plan import Plan
+from rayagg.run import RunState
 from rayagg.runtime.actor import NodeActor
 from rayagg.runtime.resources import ClusterNode, actor_options, check_cluster, ray_request
+from rayagg.runtime.supervisor import SupervisorActor
+from rayagg.supervision import DeclareDead, DropLeaf, Policy, Reparent, Restart
 
 
 def connect(address: Optional[str]) -> bool:
@@ -36,13 +46,12 @@ def connect(address: Optional[str]) -> bool:
 
     Ray 2.60 enables token auth by default; a client joining by address needs
     RAY_AUTH_MODE=token in its environment before ``import ray``: the CLI sets it
-    before it imports this module.
-    Joins an already initialised Ray session (e.g. a test's) as is.
+    before it imports this module. Joins an already initialised Ray session as is.
     """
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        ray.init(include_dashboard=False, logging_level="WARNING")
         return True
     ray.init(address=address, logging_level="WARNING")
     return False
@@ -55,132 +64,317 @@ class RayRunner:
                  namespace: Optional[str] = None):
         self.plan = plan
         self.tree = plan.tree
+        self.dead: frozenset[str] = frozenset()
+        self.events: list[Event] = []
+        self.round_index = 0
         self._address = address
-        self._timeouts = plan.config.runtime
+        self._runtime = plan.config.runtime
+        self._supervision = plan.config.supervision
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.namespace = namespace or f"rayagg-{plan.config.name}-{stamp}-{os.getpid()}"
         self.actors: dict[str, Any] = {}
         self.bridge_refs: dict[str, Any] = {}  # leaf -> ref of its BridgeSamples, owned here
+        self._held: dict[str, set[str]] = {}  # node -> leaves whose samples it holds
+        self._checkpoint_dir: Optional[pathlib.Path] = None
         self._started_ray = False
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
-        """Checks resources, creates every node actor, and sends bridge samples up the tree."""
+    def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None) -> None:
+        """Checks resources, creates the supervisor and every live node actor, and sends the
+        bridge samples up the tree. A fresh run has the leaves encode and persists the
+        samples to RUN_DIR/bridge/; a resumed run reads them back from there (no device
+        needs to encode again) and restores every node from its checkpoint."""
+        self._checkpoint_dir = (run_dir / "checkpoints").resolve() if run_dir else None
+        if resume is not None:
+            self.tree, self.dead, self.round_index = resume.tree(self.tree), frozenset(resume.dead), resume.round
         self._started_ray = connect(self._address)
-        check_cluster(self.plan.config, _cluster_nodes(),
-                      autoscaling=self.plan.config.runtime.autoscaling)
-        plan_ref = ray.put(self.plan)
-        for node in self.tree.nodes:
-            options = actor_options(self.plan.tier(node).resources)
-            self.actors[node] = NodeActor.options(
-                name=node, namespace=self.namespace, max_restarts=0, **options,
-            ).remote(plan_ref, node)
-        self._wait_started()
-        self._gather_bridge_samples()
+        check_cluster(self.plan.config, _cluster_nodes(), autoscaling=self._runtime.autoscaling)
+        self._plan_ref = ray.put(self.plan)
+        self.supervisor = SupervisorActor.options(name="supervisor", namespace=self.namespace).remote(
+            self.tree, _policy(self._supervision), self._subtree_sizes(), self.dead)
+        live = [node for node in self.tree.nodes if node not in self.dead]
+        for node in live:
+            self._create(node)
+        self.placement = self._wait_started(live)
+        if resume is None:
+            self._encode_leaves(run_dir)
+        else:
+            self._read_bridge_samples(run_dir)
+            for node in live:
+                self._restore(node)
+        self._sync_bridge_samples()
+
+    def _encode_leaves(self, run_dir: Optional[pathlib.Path]) -> None:
+        leaves = [n for n in self.tree.nodes if self.tree.is_leaf(n)]
+        self.bridge_refs = {leaf: self.actors[leaf].encode.remote() for leaf in leaves}
+        self._held = {leaf: {leaf} for leaf in leaves}  # encode() keeps a leaf's own samples
+        if run_dir is not None:
+            samples = self._await([(leaf, "encode", ref) for leaf, ref in self.bridge_refs.items()],
+                                  self._runtime.round_timeout_s)
+            store.write_bridge_samples(samples, store.store_path(run_dir, self.tree.root))
+
+    def _read_bridge_samples(self, run_dir: pathlib.Path) -> None:
+        """The durable copy replaces the devices: the driver puts (and so owns) each leaf's
+        samples again."""
+        expected = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}
+        samples = store.read_bridge_samples(store.store_path(run_dir, self.tree.root),
+                                            expected_counts=expected)
+        self.bridge_refs = {item.leaf: ray.put(item) for item in samples}
+        self._held = {}
 
     def close(self) -> None:
-        """Kills the node actors, and stops Ray if this runner started it."""
-        for actor in self.actors.values():
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # already dead: nothing left to stop
-                pass
+        """Kills the node actors and the supervisor, and stops Ray if this runner started it."""
+        for actor in [*self.actors.values(), getattr(self, "supervisor", None)]:
+            if actor is not None:
+                _kill(actor)
         self.actors = {}
         if self._started_ray:
             ray.shutdown()
 
-    def _wait_started(self) -> None:
-        pending = [(node, "start", actor.ready.remote()) for node, actor in self.actors.items()]
+    def _create(self, node: str) -> None:
+        options = actor_options(self.plan.tier(node).resources)
+        self.actors[node] = NodeActor.options(
+            name=node, namespace=self.namespace, max_restarts=0, **options,
+        ).remote(self._plan_ref, node)
+
+    def _wait_started(self, nodes: list[str]) -> dict[str, dict]:
+        """Waits until ``nodes`` run and heartbeat; returns where each one runs."""
+        interval = self._supervision.heartbeat_interval_s
+        pending = [(n, "start", self.actors[n].ready.remote()) for n in nodes]
         try:
-            self.placement = dict(zip(self.actors, self._await(pending, self._timeouts.startup_timeout_s)))
+            placement = dict(zip(nodes, self._await(pending, self._runtime.startup_timeout_s)))
+            beats = [(n, "start_heartbeats",
+                      self.actors[n].start_heartbeats.remote(self.supervisor, interval)) for n in nodes]
+            self._await(beats, self._runtime.startup_timeout_s)
         except NodeTimeoutError as exc:
             raise NodeTimeoutError(exc.node, f"{exc} — {self._unscheduled_hint(exc.node)}") from exc
+        return placement
 
     def _unscheduled_hint(self, node: str) -> str:
         request = ray_request(self.plan.tier(node).resources)
         cluster = "; ".join(n.describe() for n in _cluster_nodes())
         return f"not scheduled? it requests {request}; the cluster has: {cluster}"
 
-    def _gather_bridge_samples(self) -> None:
-        """Leaves encode once; each ancestor gets the refs of its subtree's samples."""
-        leaves = self.tree.nodes_of_tier(len(self.tree.tier_names) - 1)
-        self.bridge_refs = {leaf: self.actors[leaf].encode.remote() for leaf in leaves}
-        pending = [(leaf, "encode", ref) for leaf, ref in self.bridge_refs.items()]
+    def _subtree_sizes(self) -> dict[str, int]:
+        size = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}
+        return {node: sum(size[leaf] for leaf in self.tree.leaves(node)) for node in self.tree.nodes}
+
+    # ---------------------------------------------------------------- bridge samples
+
+    def _leaves(self, node: str) -> list[str]:
+        """The leaves whose bridge samples ``node`` trains on: its subtree's, less dead
+        leaves when their samples are not kept."""
+        leaves = self.tree.leaves(node)
+        if self._supervision.keep_dead_leaf_samples:
+            return leaves
+        return [leaf for leaf in leaves if leaf not in self.dead]
+
+    def _sync_bridge_samples(self) -> None:
+        """Sends every live node the refs of the leaves it should hold but does not (all of
+        them at start, a moved subtree's after re-parenting, everything after a restart)."""
+        pending = []
         for node in self.tree.nodes:
-            if not self.tree.is_leaf(node):
-                refs = [self.bridge_refs[leaf] for leaf in self.tree.leaves(node)]
+            if node in self.dead:
+                continue
+            wanted, held = set(self._leaves(node)), self._held.setdefault(node, set())
+            if wanted - held:
+                refs = [self.bridge_refs[leaf] for leaf in sorted(wanted - held)]
                 pending.append((node, "add_bridge_samples", self.actors[node].add_bridge_samples.remote(*refs)))
-        self._await(pending, self._timeouts.round_timeout_s)
+            if held - wanted:
+                pending.append((node, "remove_bridge_samples",
+                                self.actors[node].remove_bridge_samples.remote(sorted(held - wanted))))
+            self._held[node] = wanted
+        self._settle(pending, self._runtime.round_timeout_s)
 
     # ---------------------------------------------------------------- rounds
 
     def train_round(self) -> None:
-        """Submits every pair of the round as one graph and waits for all of it."""
+        """Runs every live pair once; a round that loses a node is retried once."""
+        self.round_index += 1
+        for attempt in (1, 2):
+            settled = self._settle(self._submit_pairs(), self._runtime.round_timeout_s)
+            if not settled.failed:
+                return
+            lost = ", ".join(sorted(settled.died)) or "a node"
+            if attempt == 2:
+                raise RecoveryError(f"round {self.round_index} lost {lost} again in its retry")
+            # Deaths reported by failed calls are decided and applied before the retry.
+            self.supervise()
+            self._event("retry", "", f"round {self.round_index} retried after losing {lost}")
+
+    def _submit_pairs(self) -> list[tuple[str, str, Any]]:
         pending = []
         for child, parent in self.tree.pairs():
-            leaves = self.tree.leaves(child)
+            leaves = self._leaves(child)
+            if child in self.dead or parent in self.dead or not leaves:
+                continue
             parent_logits = self.actors[parent].logits.remote(leaves)
             child_done = self.actors[child].learn.remote(leaves, parent_logits)
             child_logits = self.actors[child].logits.remote(leaves)
             parent_done = self.actors[parent].learn.remote(leaves, child_logits)
             pending += [(parent, "logits", parent_logits), (child, "learn", child_done),
                         (child, "logits", child_logits), (parent, "learn", parent_done)]
-        self._await(pending, self._timeouts.round_timeout_s)
+        return pending
 
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
-        pending = [(node, "evaluate", actor.evaluate.remote()) for node, actor in self.actors.items()]
-        return dict(zip(self.actors, self._await(pending, self._timeouts.round_timeout_s)))
+        """Scores every live node; a node that dies meanwhile is left out."""
+        return self._call_live("evaluate")
 
     def bridge_sample_counts(self) -> dict[str, int]:
-        pending = [(node, "bridge_sample_count", actor.bridge_sample_count.remote())
-                   for node, actor in self.actors.items()]
-        return dict(zip(self.actors, self._await(pending, self._timeouts.round_timeout_s)))
-
-    def save_checkpoints(self, directory: pathlib.Path) -> None:
-        """Each actor writes its own checkpoint (RUN_DIR must be shared storage on a cluster)."""
-        directory = directory.resolve()
-        pending = [(node, "save_checkpoint", actor.save_checkpoint.remote(str(directory / f"{node}.pt")))
-                   for node, actor in self.actors.items()]
-        self._await(pending, self._timeouts.round_timeout_s)
+        return self._call_live("bridge_sample_count")
 
     def wire_logs(self) -> dict[str, list[dict[str, Any]]]:
-        pending = [(node, "wire_log", actor.wire_log.remote()) for node, actor in self.actors.items()]
-        return dict(zip(self.actors, self._await(pending, self._timeouts.round_timeout_s)))
+        return self._call_live("wire_log")
+
+    def save_checkpoints(self, directory: pathlib.Path) -> None:
+        """Each live actor writes its own checkpoint (RUN_DIR must be shared storage on a
+        cluster)."""
+        directory = directory.resolve()
+        self._call_live("save_checkpoint", lambda node: (str(directory / f"{node}.pt"),))
+
+    def _call_live(self, method: str, args=lambda node: ()) -> dict[str, Any]:
+        live = [n for n in self.tree.nodes if n not in self.dead]
+        pending = [(n, method, getattr(self.actors[n], method).remote(*args(n))) for n in live]
+        return self._settle(pending, self._runtime.round_timeout_s).values
+
+    # ---------------------------------------------------------------- supervision
+
+    def supervise(self) -> None:
+        """Asks the supervisor to decide now and applies its actions."""
+        result = ray.get(self.supervisor.tick.remote(), timeout=self._runtime.startup_timeout_s)
+        if result["fatal"]:
+            raise RecoveryError(result["fatal"])
+        self.tree, self.dead = result["tree"], result["dead"]
+        for action in result["actions"]:
+            self._apply(action)
+        if result["actions"]:
+            self._sync_bridge_samples()
+
+    def _apply(self, action) -> None:
+        self._event(action.kind.value, action.node, action.describe())
+        if isinstance(action, DeclareDead):
+            _kill(self.actors[action.node])
+        elif isinstance(action, Restart):
+            self._restart(action.node)
+        elif not isinstance(action, (Reparent, DropLeaf)):
+            raise TypeError(f"unknown action {action!r}")
+
+    def _restart(self, node: str) -> None:
+        """A fresh actor under the same name, restored from its last checkpoint."""
+        _kill(self.actors[node])
+        self._create(node)
+        self.placement.update(self._wait_started([node]))
+        self._restore(node)
+        self._held[node] = set()
+
+    def _restore(self, node: str) -> None:
+        path = self._checkpoint_dir / f"{node}.pt" if self._checkpoint_dir else None
+        if path is None or not path.is_file():
+            self._event("restart", node, f"{node} has no checkpoint yet: it starts from scratch")
+            return
+        self._await([(node, "load_checkpoint", self.actors[node].load_checkpoint.remote(str(path)))],
+                    self._runtime.startup_timeout_s)
+
+    def _event(self, kind: str, node: str, detail: str) -> None:
+        self.events.append(Event.now(self.round_index, kind, node, detail))
 
     # ---------------------------------------------------------------- waiting
 
-    def _await(self, pending: list[tuple[str, str, Any]], timeout_s: float) -> list[Any]:
-        """Waits for every ref by one deadline; returns their values in order.
+    def _settle(self, pending: list[tuple[str, str, Any]], timeout_s: float) -> "_Settled":
+        """Waits for every call, supervising meanwhile.
 
-        Raises the project's error for the first call that fails, or NodeTimeoutError
-        naming the first node whose call is still running at the deadline.
+        A call that fails because an actor died is reported to the supervisor at once
+        and counted in the result; a call that fails for another reason raises
+        NodeError; the deadline raises NodeTimeoutError.
         """
         deadline = time.monotonic() + timeout_s
         origin = {ref: (node, call) for node, call, ref in pending}
-        remaining = list(origin)
+        remaining, settled = list(origin), _Settled()
         while remaining:
             left = deadline - time.monotonic()
-            ready, remaining = ray.wait(remaining, num_returns=1, timeout=max(left, 0))
-            if not ready:
-                node, call = origin[remaining[0]]
+            if left <= 0:
                 waiting = sorted({origin[ref][0] for ref in remaining})
+                node, call = origin[remaining[0]]
                 raise NodeTimeoutError(node, f"{call} did not finish within {timeout_s:g} s "
                                              f"(still waiting on {', '.join(waiting)})")
-            _get(ready[0], *origin[ready[0]])
+            ready, remaining = ray.wait(remaining, num_returns=len(remaining),
+                                        timeout=min(self._supervision.heartbeat_interval_s, left))
+            for ref in ready:
+                self._collect(ref, *origin[ref], settled)
+            self.supervise()
+        return settled
+
+    def _collect(self, ref: Any, node: str, call: str, settled: "_Settled") -> None:
+        try:
+            settled.values[node] = ray.get(ref, timeout=0)
+            return
+        except ray_errors.RayActorError as exc:
+            death = exc
+        except ray_errors.RayTaskError as exc:
+            if not isinstance(exc.cause, ray_errors.RayActorError):
+                raise NodeError(node, f"{call} failed: {exc.cause!r}") from exc
+            death = exc.cause
+        settled.failed.append((node, call))
+        # A call that only depended on a dead node's result fails with that node's error:
+        # the actor id names the node that died. Unknown ids are left to the heartbeats.
+        dead = self._node_by_actor_id(death.actor_id)
+        if dead is not None:
+            settled.died.add(dead)
+            # Synchronous: an async actor may run calls out of order, and a report that
+            # overtook the next tick would kill the node's replacement.
+            ray.get(self.supervisor.report_death.remote(dead), timeout=self._runtime.startup_timeout_s)
+
+    def _node_by_actor_id(self, actor_id: Optional[str]) -> Optional[str]:
+        for node, actor in self.actors.items():
+            if actor_id is not None and actor._actor_id.hex() == actor_id:
+                return node
+        return None
+
+    def _await(self, pending: list[tuple[str, str, Any]], timeout_s: float) -> list[Any]:
+        """Waits for every ref by one deadline, without recovery (start-up, restarts);
+        returns the values in order or raises the project's error for the first failure."""
+        refs = [ref for _, _, ref in pending]
+        _, remaining = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if remaining:
+            stuck = [node for node, _, ref in pending if ref in set(remaining)]
+            call = next(call for _, call, ref in pending if ref == remaining[0])
+            raise NodeTimeoutError(stuck[0], f"{call} did not finish within {timeout_s:g} s "
+                                             f"(still waiting on {', '.join(stuck)})")
         return [_get(ref, node, call) for node, call, ref in pending]
+
+
+@dataclass
+class _Settled:
+    """What a batch of calls came to: values by node, the calls that failed because an
+    actor died, and the nodes known to have died."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    died: set[str] = field(default_factory=set)
 
 
 def _get(ref: Any, node: str, call: str) -> Any:
     """``ray.get`` of a finished ref, with Ray's exceptions turned into the project's."""
     try:
         return ray.get(ref, timeout=0)
-    except (ray_errors.ActorDiedError, ray_errors.ActorUnavailableError) as exc:
+    except ray_errors.RayActorError as exc:
         raise NodeDiedError(node, f"died during {call}: {type(exc).__name__}") from exc
     except ray_errors.RayTaskError as exc:
         raise NodeError(node, f"{call} failed: {exc.cause!r}") from exc
-    except ray_errors.GetTimeoutError as exc:
-        raise NodeTimeoutError(node, f"{call} timed out") from exc
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already dead or never started: nothing left to stop
+        pass
+
+
+def _policy(config) -> Policy:
+    return Policy(heartbeat_interval_s=config.heartbeat_interval_s, max_missed=config.max_missed,
+                  restart_root=config.restart_root, replace_dead=config.replace_dead,
+                  max_restarts=config.max_restarts)
 
 
 def _cluster_nodes() -> list[ClusterNode]:

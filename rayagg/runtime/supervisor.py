@@ -7,6 +7,7 @@ it needs no CPU reservation.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Mapping
 
@@ -21,8 +22,10 @@ from rayagg.tree import Tree
 class SupervisorActor:
     """One per run, named ``supervisor`` in the run's namespace."""
 
-    def __init__(self, tree: Tree, policy: Policy, load: Mapping[str, int]):
-        self._state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load)
+    def __init__(self, tree: Tree, policy: Policy, load: Mapping[str, int],
+                 dead: frozenset[str] = frozenset()):
+        state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load)
+        self._state = dataclasses.replace(state, dead=frozenset(dead))
 
     async def heartbeat(self, node: str) -> None:
         self._state = supervision.heartbeat(self._state, node, time.monotonic())

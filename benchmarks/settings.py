@@ -1,0 +1,44 @@
+"""Compares loss settings on the tiny tree with the in-process driver; prints a table.
+
+Usage: .venv/bin/python benchmarks/settings.py [--rounds 4]
+Each row is one run of jobs/configs/tiny.yaml with the overrides shown (seed 0).
+"""
+import argparse
+import pathlib
+import tempfile
+
+from rayagg.config import load_config, parse_config
+from rayagg.driver import LocalRunner
+from rayagg.plan import load_data, make_plan
+from rayagg.run import execute
+
+VARIANTS = [
+    {"beta": 10.0, "teacher_mode": "train"},
+    {"beta": 1.0, "teacher_mode": "train"},
+    {"beta": 10.0, "teacher_mode": "eval"},
+    {"beta": 1.0, "teacher_mode": "eval"},
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    base = load_config(pathlib.Path(__file__).parents[1] / "jobs/configs/tiny.yaml").model_dump()
+    print(f"| beta | teacher_mode | cloud after {args.rounds} rounds | edges | devices |")
+    print("|---|---|---|---|---|")
+    for variant in VARIANTS:
+        raw = {**base, "training": {**base["training"], **variant, "rounds": args.rounds}}
+        config = parse_config(raw)
+        dataset = load_data(config)
+        records = execute(config, LocalRunner(make_plan(config, dataset), dataset),
+                          pathlib.Path(tempfile.mkdtemp()), echo=lambda line: None)
+        last = [r for r in records if r.round == args.rounds]
+        mean = lambda tier: 100 * sum(r.accuracy for r in last if r.tier == tier) / len(
+            [r for r in last if r.tier == tier])
+        print(f"| {variant['beta']:g} | {variant['teacher_mode']} | {mean('cloud'):.1f} % "
+              f"| {mean('edge'):.1f} % | {mean('device'):.1f} % |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Failures on a real local Ray: kill an edge, a device, the root; interrupt and resume.
+
+Each test kills real actors while the tiny tree trains and checks that the run
+completes with every bridge sample still held by the root.
+"""
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from conftest import with_changes
+from rayagg.events import read_events
+from rayagg.run import RunState, execute
+from rayagg.runtime import RayRunner
+
+
+class InspectingRunner(RayRunner):
+    """Records the tree and bridge-sample counts before closing."""
+
+    def close(self):
+        if self.actors:
+            self.inspected = {"tree": self.tree, "dead": self.dead,
+                              "counts": self.bridge_sample_counts()}
+        super().close()
+
+
+def kill_during_round(runner, node, round_index, delay_s=1.0):
+    """Kills ``node``'s actor ``delay_s`` into ``round_index``; returns the kill time holder."""
+    killed = {}
+
+    def killer():
+        while runner.round_index < round_index:
+            time.sleep(0.05)
+        time.sleep(delay_s)
+        killed["at"] = time.monotonic()
+        ray.kill(runner.actors[node], no_restart=True)
+
+    threading.Thread(target=killer, daemon=True).start()
+    return killed
+
+
+@pytest.fixture(scope="module")
+def config(tiny_config):
+    return with_changes(tiny_config, training={"rounds": 2})
+
+
+def total_samples(plan):
+    return sum(len(shard) for shard in plan.shards.values())
+
+
+def run_with_kill(config, plan, tmp_path, node):
+    runner = InspectingRunner(plan)
+    killed = kill_during_round(runner, node, round_index=2)
+    records = execute(config, runner, tmp_path, echo=lambda line: None)
+    return runner, killed, records
+
+
+def test_edge_killed_mid_round(ray_session, config, tiny_plan, tmp_path):
+    runner, killed, records = run_with_kill(config, tiny_plan, tmp_path, "edge-0")
+    tree = runner.inspected["tree"]
+    assert runner.inspected["dead"] == {"edge-0"}
+    for orphan in ("device-0", "device-1"):
+        parent = tree.parent_of[orphan]
+        assert parent not in runner.inspected["dead"] and tree.tier_name(parent) == "edge"
+    counts = runner.inspected["counts"]
+    assert counts[tree.root] == total_samples(tiny_plan)
+    assert counts["edge-1"] == total_samples(tiny_plan)  # it adopted edge-0's subtree
+    assert sorted({r.round for r in records if r.node == tree.root}) == [1, 2]
+    events = read_events(tmp_path / "events.parquet")
+    death = next(e for e in events if e.kind == "declare_dead")
+    supervision = config.supervision
+    assert death.node == "edge-0"
+    assert death.monotonic_s - killed["at"] <= supervision.heartbeat_interval_s * supervision.max_missed + 1
+    assert {e.node for e in events if e.kind == "reparent"} == {"device-0", "device-1"}
+
+
+def test_device_killed_mid_round(ray_session, config, tiny_plan, tmp_path):
+    runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "device-3")
+    assert runner.inspected["dead"] == {"device-3"}
+    assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
+    assert "device-3" not in {r.node for r in records if r.round == 2}
+    kinds = {e.kind for e in read_events(tmp_path / "events.parquet")}
+    assert {"declare_dead", "drop_leaf"} <= kinds
+
+
+def test_root_killed_mid_round_restarts_from_checkpoint(ray_session, config, tiny_plan, tmp_path):
+    runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "cloud-0")
+    assert runner.inspected["dead"] == frozenset()
+    assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
+    assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2]
+    events = read_events(tmp_path / "events.parquet")
+    assert [e.node for e in events if e.kind == "restart"] == ["cloud-0"]
+
+
+def test_interrupt_then_resume(ray_session, tiny_config, tiny_plan, tmp_path):
+    config = with_changes(tiny_config, training={"rounds": 3})
+
+    def interrupt_after_round_one(line):
+        if line.startswith("round 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, RayRunner(tiny_plan), tmp_path, echo=interrupt_after_round_one)
+    assert RunState.load(tmp_path).round == 1
+    runner = InspectingRunner(tiny_plan)
+    execute(config, runner, tmp_path, echo=lambda line: None, resume=True)
+    rows = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
+    assert sorted(r["round"] for r in rows if r["node"] == "cloud-0") == [1, 2, 3]
+    assert RunState.load(tmp_path).round == 3
+    # the resumed run rebuilt the bridge samples from RUN_DIR/bridge, not from the devices
+    assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
+    assert "resume" in {e.kind for e in read_events(tmp_path / "events.parquet")}

@@ -1,0 +1,71 @@
+"""Several Ray nodes on one machine: cloud, edges and devices pinned to separate nodes by
+custom resources; the node hosting an edge is removed mid-round and the run completes."""
+import threading
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from rayagg.config import parse_config
+from rayagg.plan import make_plan
+from rayagg.run import execute
+from rayagg.runtime import RayRunner
+
+MB = 2**20
+
+
+@pytest.fixture
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 100 * MB,
+        # notice a dead node in ~2 s instead of ~15 s
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
+    nodes = {"cloud": cluster.add_node(num_cpus=1, resources={"cloud": 1}, object_store_memory=100 * MB)}
+    for index in range(2):
+        nodes[f"edge-{index}"] = cluster.add_node(num_cpus=1, resources={"edge": 1},
+                                                  object_store_memory=100 * MB)
+    nodes["devices"] = cluster.add_node(num_cpus=1, resources={"device": 4}, object_store_memory=100 * MB)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def pinned(tiny_config):
+    raw = tiny_config.model_dump()
+    for tier, custom, cpus in zip(raw["tree"]["tiers"], ("cloud", "edge", "device"), (0.5, 0.5, 0.2)):
+        tier["resources"] = {"num_cpus": cpus, "custom": {custom: 1}}
+    raw["training"]["rounds"] = 2
+    return parse_config(raw)
+
+
+class InspectingRunner(RayRunner):
+    def close(self):
+        self.inspected = {"tree": self.tree, "dead": self.dead, "counts": self.bridge_sample_counts()}
+        super().close()
+
+
+def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path):
+    test_cluster, nodes = cluster
+    config = pinned(tiny_config)
+    plan = make_plan(config, tiny_dataset)
+    runner = InspectingRunner(plan)
+
+    def remove_edge_machine():
+        while runner.round_index < 2:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        host = runner.placement["edge-0"]["ray_node_id"]
+        victim = next(n for n in nodes.values() if n.node_id == host)
+        test_cluster.remove_node(victim, allow_graceful=False)
+
+    threading.Thread(target=remove_edge_machine, daemon=True).start()
+    records = execute(config, runner, tmp_path, echo=lambda line: None)
+    hosts = {node: info["ray_node_id"] for node, info in runner.placement.items()}
+    assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-0"]}) == 3
+    assert runner.inspected["dead"] == {"edge-0"}
+    assert {runner.inspected["tree"].parent_of[d] for d in ("device-0", "device-1")} == {"edge-1"}
+    assert runner.inspected["counts"]["cloud-0"] == sum(len(s) for s in plan.shards.values())
+    assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2]

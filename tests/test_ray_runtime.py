@@ -37,8 +37,10 @@ def ray_run(ray_session, tiny_config, tiny_plan, tmp_path_factory):
 
 def test_one_live_actor_per_node_with_its_tiers_resources(ray_run, tiny_plan):
     runner, _, _ = ray_run
-    actors = {a.name: a for a in runner.inspected["actors"] if a.state == "ALIVE"}
+    alive = [a for a in runner.inspected["actors"] if a.state == "ALIVE"]
+    actors = {a.name: a for a in alive if a.class_name == "NodeActor"}
     assert sorted(actors) == sorted(tiny_plan.tree.nodes)
+    assert [a.name for a in alive if a.class_name == "SupervisorActor"] == ["supervisor"]
     for name, actor in actors.items():
         wanted = tiny_plan.tier(name).resources.num_cpus
         assert actor.required_resources.get("CPU") == pytest.approx(wanted)

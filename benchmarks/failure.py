@@ -42,7 +42,7 @@ def main() -> None:
     if args.node:
         threading.Thread(target=killer, daemon=True).start()
     out = pathlib.Path(tempfile.mkdtemp(prefix="rayagg-failure-"))
-    records = execute(config, runner, out, echo=print)
+    records = execute(runner, out, echo=print)
     for event in runner.events:
         print(f"  +{event.monotonic_s - killed.get('at', event.monotonic_s):6.2f} s  {event.detail}")
     dead = [e for e in runner.events if e.kind == "declare_dead"]

@@ -31,7 +31,7 @@ def main() -> None:
         raw = {**base, "training": {**base["training"], **variant, "rounds": args.rounds}}
         config = parse_config(raw)
         dataset = load_data(config)
-        records = execute(config, LocalRunner(make_plan(config, dataset), dataset),
+        records = execute(LocalRunner(make_plan(config, dataset), dataset),
                           pathlib.Path(tempfile.mkdtemp()), echo=lambda line: None)
         last = [r for r in records if r.round == args.rounds]
         mean = lambda tier: 100 * sum(r.accuracy for r in last if r.tier == tier) / len(

@@ -65,7 +65,7 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
                 if line.startswith("round "):
                     bar.update(1)
             try:
-                execute(config, runner, run_dir, echo=report, resume=resume_dir is not None)
+                execute(runner, run_dir, echo=report, resume=resume_dir is not None)
             except KeyboardInterrupt:
                 click.echo(f"rayagg: stopped; resume with: rayagg run --resume {run_dir}", err=True)
                 sys.exit(130)

@@ -172,7 +172,9 @@ class SupervisionConfig(_Section):
     least-loaded live node of its tier; a dead device leaves the rounds (its bridge
     samples stay with its ancestors unless ``keep_dead_leaf_samples`` is false); a dead
     root is restarted from its last checkpoint. ``replace_dead`` also replaces a dead
-    non-leaf by a fresh actor restored from its checkpoint. Restarts are capped per
+    non-leaf by a fresh actor restored from its checkpoint; ``rejoin_dead_leaves`` brings
+    a dead device back at the start of the next round, under the least-loaded node of the
+    tier above. Restarts (and re-joins) are capped per
     node by ``max_restarts``; re-parenting never spends them. ``checkpoint_every`` is in
     rounds.
     """
@@ -183,6 +185,7 @@ class SupervisionConfig(_Section):
     replace_dead: bool = False
     max_restarts: int = Field(3, ge=0)
     keep_dead_leaf_samples: bool = True
+    rejoin_dead_leaves: bool = False
     checkpoint_every: int = Field(1, ge=1)
 
 

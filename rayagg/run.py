@@ -5,15 +5,17 @@ import json
 import pathlib
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 import pyarrow.parquet as pq
 
-from rayagg.config import RunConfig
 from rayagg.errors import CheckpointError
 from rayagg.events import Event, write_events
 from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_parquet
 from rayagg.tree import Tree
+
+if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
+    from rayagg.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class RunState:
 class Runner(Protocol):
     """What a runtime offers the loop; see ``driver.LocalRunner`` and ``runtime.RayRunner``."""
 
+    plan: Plan
     tree: Tree
     dead: frozenset
     events: list[Event]
@@ -61,9 +64,9 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-def execute(config: RunConfig, runner: Runner, out_dir: pathlib.Path,
-            echo: Callable[[str], None] = print, resume: bool = False) -> list[NodeMetrics]:
-    """Runs rounds up to ``config.training.rounds`` and writes RUN_DIR's files.
+def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] = print,
+            resume: bool = False) -> list[NodeMetrics]:
+    """Runs rounds up to the plan's ``training.rounds`` and writes RUN_DIR's files.
 
     RUN_DIR gets config.yaml (the resolved config) first; metrics.parquet and
     events.parquet after every round (so a crash keeps what was measured);
@@ -72,6 +75,7 @@ def execute(config: RunConfig, runner: Runner, out_dir: pathlib.Path,
     ``out_dir`` after its last checkpoint. Returns every round's metrics. The runner is
     closed whatever happens.
     """
+    config = runner.plan.config  # one source of truth: what the nodes were built from
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState.load(out_dir) if resume else None
     records = _earlier_records(out_dir, state.round) if state else []

@@ -81,6 +81,7 @@ class ActionKind(str, Enum):
     REPARENT = "reparent"
     DROP_LEAF = "drop_leaf"
     RESTART = "restart"
+    REJOIN = "rejoin"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,21 @@ class Restart(Action):
 
     def describe(self) -> str:
         return f"{self.node} restarted from its checkpoint (restart {self.restarts})"
+
+
+@dataclass(frozen=True)
+class Rejoin(Action):
+    """Start a new actor for the dead leaf ``node`` (restored from its checkpoint) under
+    ``new_parent``."""
+
+    old_parent: str
+    new_parent: str
+    restarts: int
+    kind: ClassVar[ActionKind] = ActionKind.REJOIN
+
+    def describe(self) -> str:
+        moved = "" if self.new_parent == self.old_parent else f", moved from {self.old_parent}"
+        return f"{self.node} re-joined under {self.new_parent}{moved} (restart {self.restarts})"
 
 
 def describe(action: Action) -> str:
@@ -290,6 +306,32 @@ def _adopt_orphans(state: SupervisorState, death: DeclareDead, excluded: frozens
         state, restart = _restart(state, node, now)
         actions.append(restart)
     return state, actions
+
+
+def rejoin(state: SupervisorState, node: str, now: float) -> tuple[SupervisorState, Rejoin]:
+    """A dead leaf comes back: it re-joins under the least-loaded live node of the tier
+    above, with a fresh deadline, spending one restart.
+
+    Raises ValueError unless ``node`` is a dead leaf, NoSurvivorError when its restarts
+    are spent or no node of the tier above is alive.
+    """
+    _check_node(state, node)
+    tree = state.tree
+    if not tree.is_leaf(node) or node not in state.dead:
+        raise ValueError(f"{node} is not a dead leaf")
+    tier = tree.tier_name(node)
+    if not _may_restart(state, node):
+        raise NoSurvivorError(f"{node} may not re-join: {state.policy.max_restarts} restarts spent",
+                              node=node, tier=tier)
+    parents = [n for n in tree.nodes_of_tier(tree.tier_of[node] - 1) if n not in state.dead]
+    if not parents:
+        raise NoSurvivorError(f"{node} cannot re-join: no node of the tier above is alive",
+                              node=node, tier=tier)
+    old_parent, new_parent = tree.parent_of[node], least_loaded(parents, state.load)
+    if new_parent != old_parent:
+        state = _move(state, node, new_parent)
+    state, restart = _restart(state, node, now)
+    return state, Rejoin(node, old_parent, new_parent, restart.restarts)
 
 
 def _move(state: SupervisorState, orphan: str, new_parent: str) -> SupervisorState:

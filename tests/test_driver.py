@@ -21,7 +21,7 @@ def local_run(tiny_config, tiny_plan, tiny_dataset, tmp_path_factory):
         close()
 
     runner.close = inspect_then_close
-    records = execute(tiny_config, runner, out, echo=lambda line: None)
+    records = execute(runner, out, echo=lambda line: None)
     return records, inspected, out
 
 

@@ -5,6 +5,7 @@ completes with every bridge sample still held by the root.
 """
 import threading
 import time
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -51,9 +52,10 @@ def total_samples(plan):
 
 
 def run_with_kill(config, plan, tmp_path, node):
-    runner = InspectingRunner(plan)
+    """Runs ``config`` and kills ``node`` one second into round 2."""
+    runner = InspectingRunner(replace(plan, config=config))
     killed = kill_during_round(runner, node, round_index=2)
-    records = execute(config, runner, tmp_path, echo=lambda line: None)
+    records = execute(runner, tmp_path, echo=lambda line: None)
     return runner, killed, records
 
 
@@ -102,13 +104,29 @@ def test_interrupt_then_resume(ray_session, tiny_config, tiny_plan, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        execute(config, RayRunner(tiny_plan), tmp_path, echo=interrupt_after_round_one)
+        execute(RayRunner(replace(tiny_plan, config=config)), tmp_path, echo=interrupt_after_round_one)
     assert RunState.load(tmp_path).round == 1
-    runner = InspectingRunner(tiny_plan)
-    execute(config, runner, tmp_path, echo=lambda line: None, resume=True)
+    runner = InspectingRunner(replace(tiny_plan, config=config))
+    execute(runner, tmp_path, echo=lambda line: None, resume=True)
     rows = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
     assert sorted(r["round"] for r in rows if r["node"] == "cloud-0") == [1, 2, 3]
     assert RunState.load(tmp_path).round == 3
     # the resumed run rebuilt the bridge samples from RUN_DIR/bridge, not from the devices
     assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
     assert "resume" in {e.kind for e in read_events(tmp_path / "events.parquet")}
+
+
+def test_dead_device_rejoins_in_the_next_round(ray_session, tiny_config, tiny_plan, tmp_path):
+    # An idle device is found by its heartbeats (up to ~6 s), maybe only in round 3:
+    # four rounds leave room for the re-join at the start of round 3 or 4.
+    config = with_changes(tiny_config, training={"rounds": 4},
+                          supervision={"rejoin_dead_leaves": True})
+    runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "device-3")
+    assert runner.inspected["dead"] == frozenset()
+    rounds = [r.round for r in records if r.node == "device-3"]
+    assert rounds[0] == 1 and rounds[-1] == 4 and len(rounds) < 4
+    parent = runner.inspected["tree"].parent_of["device-3"]
+    assert runner.inspected["counts"][parent] == sum(
+        len(tiny_plan.shards[leaf]) for leaf in runner.inspected["tree"].leaves(parent))
+    assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
+    assert [e.node for e in read_events(tmp_path / "events.parquet") if e.kind == "rejoin"] == ["device-3"]

@@ -62,7 +62,7 @@ def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path)
         test_cluster.remove_node(victim, allow_graceful=False)
 
     threading.Thread(target=remove_edge_machine, daemon=True).start()
-    records = execute(config, runner, tmp_path, echo=lambda line: None)
+    records = execute(runner, tmp_path, echo=lambda line: None)
     hosts = {node: info["ray_node_id"] for node, info in runner.placement.items()}
     assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-0"]}) == 3
     assert runner.inspected["dead"] == {"edge-0"}

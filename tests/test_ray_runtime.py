@@ -31,7 +31,7 @@ class InspectingRunner(RayRunner):
 def ray_run(ray_session, tiny_config, tiny_plan, tmp_path_factory):
     runner = InspectingRunner(tiny_plan)
     out = tmp_path_factory.mktemp("ray-run")
-    records = execute(tiny_config, runner, out, echo=lambda line: None)
+    records = execute(runner, out, echo=lambda line: None)
     return runner, records, out
 
 
@@ -93,7 +93,7 @@ def test_ray_and_in_process_driver_agree(ray_run, tiny_config, tiny_plan, tiny_d
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as every tiny actor runs: float sums then add up in the same order
     try:
-        local_records = execute(tiny_config, LocalRunner(tiny_plan, tiny_dataset), tmp_path,
+        local_records = execute(LocalRunner(tiny_plan, tiny_dataset), tmp_path,
                                 echo=lambda line: None)
     finally:
         torch.set_num_threads(threads)

@@ -5,8 +5,9 @@ import pytest
 
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.supervision import (
-    DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Reparent, Restart,
-    SupervisorState, dead_after_s, decide, describe, heartbeat, least_loaded, report_death,
+    DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Rejoin, Reparent, Restart,
+    SupervisorState, dead_after_s, decide, describe, heartbeat, least_loaded, rejoin,
+    report_death,
 )
 from rayagg.tree import Tree
 
@@ -262,3 +263,30 @@ def test_unknown_node_is_rejected():
         heartbeat(make_state(), "edge-9", 1.0)
     with pytest.raises(ValueError, match="edge-9"):
         report_death(make_state(), "edge-9")
+
+
+def kill_device_3(state, now):
+    state = report_death(state, "device-3")
+    state, _ = decide(state, now)
+    return state
+
+
+def test_a_dead_leaf_rejoins_under_the_least_loaded_live_parent():
+    load = {"edge-0": 50, "edge-1": 90, "edge-2": 30, "device-3": 10}
+    state = kill_device_3(make_state(load=load), 1.0)
+    state, action = rejoin(state, "device-3", now=2.0)
+    assert isinstance(action, Rejoin) and (action.old_parent, action.new_parent) == ("edge-1", "edge-2")
+    assert state.tree.parent_of["device-3"] == "edge-2" and "device-3" not in state.dead
+    assert state.load["edge-2"] == 40 and state.load["edge-1"] == 80
+    assert dead_after_s(state, "device-3", 2.0) == pytest.approx(state.policy.deadline_s)
+    assert "re-joined under edge-2" in describe(action)
+
+
+def test_rejoin_spends_restarts_and_refuses_live_nodes():
+    state = kill_device_3(make_state(policy=Policy(max_restarts=1)), 1.0)
+    with pytest.raises(ValueError, match="not a dead leaf"):
+        rejoin(state, "device-4", now=1.0)
+    state, _ = rejoin(state, "device-3", now=2.0)
+    state = kill_device_3(state, 3.0)
+    with pytest.raises(NoSurvivorError, match="restarts spent"):
+        rejoin(state, "device-3", now=4.0)

@@ -38,7 +38,7 @@ from rayagg.run import RunState
 from rayagg.runtime.actor import NodeActor
 from rayagg.runtime.resources import ClusterNode, actor_options, check_cluster, ray_request
 from rayagg.runtime.supervisor import SupervisorActor
-from rayagg.supervision import DeclareDead, DropLeaf, Policy, Reparent, Restart
+from rayagg.supervision import DeclareDead, DropLeaf, Policy, Rejoin, Reparent, Restart
 
 
 def connect(address: Optional[str]) -> bool:
@@ -192,6 +192,10 @@ class RayRunner:
     def train_round(self) -> None:
         """Runs every live pair once; a round that loses a node is retried once."""
         self.round_index += 1
+        if self._supervision.rejoin_dead_leaves:
+            for leaf in sorted(n for n in self.dead if self.tree.is_leaf(n)):
+                self._apply_decision(ray.get(self.supervisor.rejoin.remote(leaf),
+                                             timeout=self._runtime.startup_timeout_s))
         for attempt in (1, 2):
             settled = self._settle(self._submit_pairs(), self._runtime.round_timeout_s)
             if not settled.failed:
@@ -242,7 +246,10 @@ class RayRunner:
 
     def supervise(self) -> None:
         """Asks the supervisor to decide now and applies its actions."""
-        result = ray.get(self.supervisor.tick.remote(), timeout=self._runtime.startup_timeout_s)
+        self._apply_decision(ray.get(self.supervisor.tick.remote(),
+                                     timeout=self._runtime.startup_timeout_s))
+
+    def _apply_decision(self, result: dict[str, Any]) -> None:
         if result["fatal"]:
             raise RecoveryError(result["fatal"])
         self.tree, self.dead = result["tree"], result["dead"]
@@ -255,7 +262,7 @@ class RayRunner:
         self._event(action.kind.value, action.node, action.describe())
         if isinstance(action, DeclareDead):
             _kill(self.actors[action.node])
-        elif isinstance(action, Restart):
+        elif isinstance(action, (Restart, Rejoin)):
             self._restart(action.node)
         elif not isinstance(action, (Reparent, DropLeaf)):
             raise TypeError(f"unknown action {action!r}")

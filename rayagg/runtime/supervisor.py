@@ -44,6 +44,16 @@ class SupervisorActor:
         return {"actions": actions, "tree": self._state.tree, "dead": self._state.dead,
                 "fatal": None}
 
+    async def rejoin(self, node: str) -> dict[str, Any]:
+        """A dead leaf comes back (see ``supervision.rejoin``); same answer as ``tick``."""
+        try:
+            self._state, action = supervision.rejoin(self._state, node, time.monotonic())
+        except NoSurvivorError as exc:
+            return {"actions": [], "tree": self._state.tree, "dead": self._state.dead,
+                    "fatal": str(exc)}
+        return {"actions": [action], "tree": self._state.tree, "dead": self._state.dead,
+                "fatal": None}
+
     async def silence_s(self) -> dict[str, float]:
         """Seconds since each node's last heartbeat (for ``status`` and tests)."""
         now = time.monotonic()

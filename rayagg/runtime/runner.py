@@ -194,8 +194,7 @@ class RayRunner:
         self.round_index += 1
         if self._supervision.rejoin_dead_leaves:
             for leaf in sorted(n for n in self.dead if self.tree.is_leaf(n)):
-                self._apply_decision(ray.get(self.supervisor.rejoin.remote(leaf),
-                                             timeout=self._runtime.startup_timeout_s))
+                self._apply_decision(self._ask_supervisor(self.supervisor.rejoin.remote(leaf)))
         for attempt in (1, 2):
             settled = self._settle(self._submit_pairs(), self._runtime.round_timeout_s)
             if not settled.failed:
@@ -246,8 +245,17 @@ class RayRunner:
 
     def supervise(self) -> None:
         """Asks the supervisor to decide now and applies its actions."""
-        self._apply_decision(ray.get(self.supervisor.tick.remote(),
-                                     timeout=self._runtime.startup_timeout_s))
+        self._apply_decision(self._ask_supervisor(self.supervisor.tick.remote()))
+
+    def _ask_supervisor(self, ref: Any) -> Any:
+        try:
+            return ray.get(ref, timeout=self._runtime.startup_timeout_s)
+        except ray_errors.RayActorError as exc:
+            raise NodeDiedError("supervisor", "the supervisor actor died; the run cannot "
+                                              "detect failures without it") from exc
+        except ray_errors.GetTimeoutError as exc:
+            raise NodeTimeoutError("supervisor", "did not answer within "
+                                                 f"{self._runtime.startup_timeout_s:g} s") from exc
 
     def _apply_decision(self, result: dict[str, Any]) -> None:
         if result["fatal"]:
@@ -278,7 +286,7 @@ class RayRunner:
     def _restore(self, node: str) -> None:
         path = self._checkpoint_dir / f"{node}.pt" if self._checkpoint_dir else None
         if path is None or not path.is_file():
-            self._event("restart", node, f"{node} has no checkpoint yet: it starts from scratch")
+            self._event("restart_fresh", node, f"{node} has no checkpoint yet: it starts from scratch")
             return
         self._await([(node, "load_checkpoint", self.actors[node].load_checkpoint.remote(str(path)))],
                     self._runtime.startup_timeout_s)
@@ -330,7 +338,7 @@ class RayRunner:
             settled.died.add(dead)
             # Synchronous: an async actor may run calls out of order, and a report that
             # overtook the next tick would kill the node's replacement.
-            ray.get(self.supervisor.report_death.remote(dead), timeout=self._runtime.startup_timeout_s)
+            self._ask_supervisor(self.supervisor.report_death.remote(dead))
 
     def _node_by_actor_id(self, actor_id: Optional[str]) -> Optional[str]:
         for node, actor in self.actors.items():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # rayagg's one entry point for a fresh machine (only Python 3.10+ needed):
 #   ./dev.sh demo            set up, then train the demo tree on a local Ray
-#   ./dev.sh test            set up, then run the test suite
+#   ./dev.sh test [ARGS]     set up, then run the test suite (or pytest ARGS)
 #   ./dev.sh setup           data + virtual environment only
 # RAYAGG_VENV picks the virtual environment (default .venv).
 set -euo pipefail
@@ -29,11 +29,12 @@ ensure_venv() {
   want=$(cat setup.py | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing torch, ray and rayagg into $VENV (a few minutes the first time)"
-    "$VENV/bin/pip" install -q --upgrade pip
     # The torch release this project is tested with; on this project's machines it
-    # installs from local disk.
-    "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-    "$VENV/bin/pip" install -q -e ".[test]"
+    # installs from local disk. pip's chatter goes to a log shown only on failure.
+    local log="$VENV/pip.log"
+    { "$VENV/bin/pip" install --upgrade pip &&
+      "$VENV/bin/pip" install torch==2.14.1 torchvision==0.29.1 &&
+      "$VENV/bin/pip" install -e ".[test]"; } > "$log" 2>&1 || { cat "$log"; say "install failed"; exit 1; }
     echo "$want" > "$stamp"
   fi
 }
@@ -51,6 +52,9 @@ case "${1:-}" in
   setup) ensure_venv; ensure_data ;;
   demo) ensure_venv; ensure_data; shift
         exec "$VENV/bin/rayagg" run jobs/configs/demo.yaml --out runs/demo "$@" ;;
-  test) ensure_venv; ensure_data; shift; exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  test) ensure_venv; ensure_data; shift
+        # Arguments replace the default target: ./dev.sh test tests/test_tree.py
+        [ $# -gt 0 ] || set -- tests
+        exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;
 esac

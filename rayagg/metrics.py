@@ -79,7 +79,7 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("FedAgg: mean test accuracy per tier")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

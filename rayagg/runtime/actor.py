@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -46,7 +47,6 @@ class NodeActor:
         self._test = evaluation_split(plan, dataset)
         self._name = name
         self._wire: Counter[tuple] = Counter()
-        self._stop_heartbeats = threading.Event()
 
     def start_heartbeats(self, supervisor: Any, interval_s: float) -> None:
         """Sends ``supervisor.heartbeat`` every ``interval_s`` from a daemon thread.
@@ -59,14 +59,11 @@ class NodeActor:
         ray.get(supervisor.heartbeat.remote(self._name), timeout=60)
 
         def beat() -> None:
-            while not self._stop_heartbeats.wait(interval_s):
+            while True:  # a daemon thread: it ends with the actor's process
+                time.sleep(interval_s)
                 supervisor.heartbeat.remote(self._name)
 
         threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
-
-    def stop_heartbeats(self) -> None:
-        """Silences this node (used by tests to simulate a hung node)."""
-        self._stop_heartbeats.set()
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs and with what: for the runner's start-up check and tests."""

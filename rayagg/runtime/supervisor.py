@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import ray
 
@@ -39,23 +39,17 @@ class SupervisorActor:
         try:
             self._state, actions = supervision.decide(self._state, time.monotonic())
         except NoSurvivorError as exc:
-            return {"actions": [], "tree": self._state.tree, "dead": self._state.dead,
-                    "fatal": str(exc)}
-        return {"actions": actions, "tree": self._state.tree, "dead": self._state.dead,
-                "fatal": None}
+            return self._answer([], fatal=str(exc))
+        return self._answer(actions)
 
     async def rejoin(self, node: str) -> dict[str, Any]:
         """A dead leaf comes back (see ``supervision.rejoin``); same answer as ``tick``."""
         try:
             self._state, action = supervision.rejoin(self._state, node, time.monotonic())
         except NoSurvivorError as exc:
-            return {"actions": [], "tree": self._state.tree, "dead": self._state.dead,
-                    "fatal": str(exc)}
-        return {"actions": [action], "tree": self._state.tree, "dead": self._state.dead,
-                "fatal": None}
+            return self._answer([], fatal=str(exc))
+        return self._answer([action])
 
-    async def silence_s(self) -> dict[str, float]:
-        """Seconds since each node's last heartbeat (for ``status`` and tests)."""
-        now = time.monotonic()
-        return {node: now - self._state.last_seen.get(node, self._state.started_at)
-                for node in self._state.tree.nodes if node not in self._state.dead}
+    def _answer(self, actions: list, fatal: Optional[str] = None) -> dict[str, Any]:
+        return {"actions": actions, "tree": self._state.tree, "dead": self._state.dead,
+                "fatal": fatal}

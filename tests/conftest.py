@@ -37,7 +37,9 @@ def ray_session():
     """A local Ray for one test module. The dashboard is on: ray.util.state needs it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    # address="local": always a fresh Ray, never one some other process left running.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="ERROR",
+             log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -51,7 +51,8 @@ def connect(address: Optional[str]) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        # "local" starts a new Ray even where another one runs on this machine.
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
         return True
     ray.init(address=address, logging_level="WARNING")
     return False

@@ -61,6 +61,10 @@ class NodeState:
         self._generator = torch.Generator().manual_seed(node_seed(seed, name))
         self._bridge: dict[str, BridgeSamples] = {}
         self._decoded: dict[str, torch.Tensor] = {}
+        # Concatenated inputs per subtree: a parent asks for the same leaves every round,
+        # and re-concatenating a large subtree's images twice per pair is pure copying
+        # (the price: a second copy of the decoded samples while the cache holds).
+        self._batches: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.work_s = 0.0
 
     @property
@@ -81,10 +85,12 @@ class NodeState:
                                 np.array(samples.labels, dtype=np.int64))
         self._bridge[samples.leaf] = samples
         self._decoded[samples.leaf] = autoencoder.decode(self._decoder, torch.from_numpy(samples.codes))
+        self._batches.clear()
 
     def remove_bridge_samples(self, leaf: str) -> None:
         self._bridge.pop(leaf, None)
         self._decoded.pop(leaf, None)
+        self._batches.clear()
 
     @property
     def bridge_leaves(self) -> list[str]:
@@ -135,9 +141,9 @@ class NodeState:
         missing = [leaf for leaf in leaves if leaf not in self._bridge]
         if missing:
             raise KeyError(f"{self.name} holds no bridge samples of {missing}")
-        if len(leaves) == 1:
-            leaf = leaves[0]
-            return self._decoded[leaf], torch.from_numpy(self._bridge[leaf].labels)
-        images = torch.cat([self._decoded[leaf] for leaf in leaves])
-        labels = torch.from_numpy(np.concatenate([self._bridge[leaf].labels for leaf in leaves]))
-        return images, labels
+        key = tuple(leaves)
+        if key not in self._batches:
+            images = torch.cat([self._decoded[leaf] for leaf in leaves])
+            labels = torch.from_numpy(np.concatenate([self._bridge[leaf].labels for leaf in leaves]))
+            self._batches[key] = (images, labels)
+        return self._batches[key]

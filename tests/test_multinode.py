@@ -6,6 +6,7 @@ import time
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
 
 from rayagg.config import parse_config
 from rayagg.plan import make_plan
@@ -43,7 +44,9 @@ def pinned(tiny_config):
 
 class InspectingRunner(RayRunner):
     def close(self):
-        self.inspected = {"tree": self.tree, "dead": self.dead, "counts": self.bridge_sample_counts()}
+        supervisor = list_actors(filters=[("name", "=", "supervisor"), ("state", "=", "ALIVE")])
+        self.inspected = {"tree": self.tree, "dead": self.dead, "counts": self.bridge_sample_counts(),
+                          "supervisor_hosts": [actor.node_id for actor in supervisor]}
         super().close()
 
 
@@ -66,6 +69,8 @@ def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path)
     hosts = {node: info["ray_node_id"] for node, info in runner.placement.items()}
     assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-0"]}) == 3
     assert runner.inspected["dead"] == {"edge-0"}
+    # the supervisor lives with the driver, never on a machine that may be removed
+    assert runner.inspected["supervisor_hosts"] == [test_cluster.head_node.node_id]
     assert {runner.inspected["tree"].parent_of[d] for d in ("device-0", "device-1")} == {"edge-1"}
     assert runner.inspected["counts"]["cloud-0"] == sum(len(s) for s in plan.shards.values())
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2]

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import ray
 from ray import exceptions as ray_errors
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayagg import store
 from rayagg.errors import NodeDiedError, NodeError, NodeTimeoutError, RecoveryError
@@ -92,8 +93,9 @@ class RayRunner:
         self._started_ray = connect(self._address)
         check_cluster(self.plan.config, _cluster_nodes(), autoscaling=self._runtime.autoscaling)
         self._plan_ref = ray.put(self.plan)
-        self.supervisor = SupervisorActor.options(name="supervisor", namespace=self.namespace).remote(
-            self.tree, _policy(self._supervision), self._subtree_sizes(), self.dead)
+        self.supervisor = SupervisorActor.options(
+            name="supervisor", namespace=self.namespace, scheduling_strategy=_on_driver_node(),
+        ).remote(self.tree, _policy(self._supervision), self._subtree_sizes(), self.dead)
         live = [node for node in self.tree.nodes if node not in self.dead]
         for node in live:
             self._create(node)
@@ -391,6 +393,13 @@ def _policy(config) -> Policy:
     return Policy(heartbeat_interval_s=config.heartbeat_interval_s, max_missed=config.max_missed,
                   restart_root=config.restart_root, replace_dead=config.replace_dead,
                   max_restarts=config.max_restarts)
+
+
+def _on_driver_node() -> NodeAffinitySchedulingStrategy:
+    """Places an actor on the Ray node that runs this driver. The supervisor goes there:
+    it then dies only with the driver, which the run cannot survive anyway, instead of
+    with whichever worker machine Ray picked (a removed edge machine once took it along)."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def _cluster_nodes() -> list[ClusterNode]:

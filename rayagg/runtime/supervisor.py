@@ -2,7 +2,8 @@
 pure policy's decisions (rayagg/supervision.py). It applies nothing itself: the runner
 executes the actions, so every ``ray.kill`` and actor creation has one owner.
 
-It is an async actor with ``num_cpus=0``: heartbeats never queue behind anything, and
+It is an async actor with ``num_cpus=0``, placed on the driver's Ray node (it shares the
+driver's fate, not a worker machine's): heartbeats never queue behind anything, and
 it needs no CPU reservation.
 """
 from __future__ import annotations

@@ -20,8 +20,9 @@ MB = 2**20
 def cluster():
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": 100 * MB,
-        # notice a dead node in ~2 s instead of ~15 s
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
+        # notice a dead node in ~5 s instead of ~15 s; not less: a loaded 2-core CI box
+        # must not miss heartbeats of a live node
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
     nodes = {"cloud": cluster.add_node(num_cpus=1, resources={"cloud": 1}, object_store_memory=100 * MB)}
     for index in range(2):
         nodes[f"edge-{index}"] = cluster.add_node(num_cpus=1, resources={"edge": 1},

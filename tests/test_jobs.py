@@ -41,8 +41,8 @@ def ray_head():
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
+        try:  # gcs_server ignores SIGTERM for long; 5 s is enough for the rest to flush logs
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -233,7 +233,9 @@ def decide(state: SupervisorState, now: float) -> tuple[SupervisorState, list[Ac
 
     A dead orphan (a device dying in the same tick as its edge) is still moved to a live
     node, so its samples stay accounted for under a live ancestor, and then dropped. No
-    orphan ever goes to a node that died in this tick, even one restarted in it.
+    orphan ever goes to a node that died in this tick, even one restarted in it. With
+    ``replace_dead`` a dead non-root, non-leaf node is restarted in place while its
+    restarts last, and its children stay with it; once they are spent they move.
 
     Raises NoSurvivorError when a dead edge's tier has no live node to adopt its
     children (and the edge itself may not be replaced), or when the root died and may
@@ -288,23 +290,23 @@ def _restart_root(state: SupervisorState, now: float) -> tuple[SupervisorState, 
 def _adopt_orphans(state: SupervisorState, death: DeclareDead, excluded: frozenset[str],
                    now: float) -> tuple[SupervisorState, list[Action]]:
     node, tree = death.node, state.tree
+    if state.policy.replace_dead and _may_restart(state, node):
+        # The replacement keeps the children: it is up, restored from its checkpoint and
+        # given their bridge samples again before the retried round starts, so moving
+        # them away and back would change nothing but the log.
+        state, restart = _restart(state, node, now)
+        return state, [restart]
     orphans = tree.children(node)
     survivors = [n for n in tree.nodes_of_tier(tree.tier_of[node]) if n not in excluded]
-    replace_it = state.policy.replace_dead and _may_restart(state, node)
-    actions: list[Action] = []
     if orphans and not survivors:
-        if not replace_it:
-            raise NoSurvivorError(
-                f"{node} died and no {tree.tier_name(node)} survives to adopt {', '.join(orphans)}",
-                node=node, tier=tree.tier_name(node), orphans=orphans)
-        orphans = []  # nowhere to go: the replacement, restored from checkpoint, keeps them
+        raise NoSurvivorError(
+            f"{node} died and no {tree.tier_name(node)} survives to adopt {', '.join(orphans)}",
+            node=node, tier=tree.tier_name(node), orphans=orphans)
+    actions: list[Action] = []
     for orphan in orphans:
         new_parent = least_loaded(survivors, state.load)
         state = _move(state, orphan, new_parent)
         actions.append(Reparent(orphan, node, new_parent, death.reason))
-    if replace_it:
-        state, restart = _restart(state, node, now)
-        actions.append(restart)
     return state, actions
 
 

@@ -78,6 +78,20 @@ def test_edge_killed_mid_round(ray_session, config, tiny_plan, tmp_path):
     assert {e.node for e in events if e.kind == "reparent"} == {"device-0", "device-1"}
 
 
+def test_edge_killed_mid_round_is_replaced_and_keeps_its_devices(ray_session, config, tiny_plan, tmp_path):
+    replacing = with_changes(config, supervision={"replace_dead": True})
+    runner, _, records = run_with_kill(replacing, tiny_plan, tmp_path, "edge-0")
+    tree, counts = runner.inspected["tree"], runner.inspected["counts"]
+    assert runner.inspected["dead"] == frozenset()
+    assert tree.children("edge-0") == tiny_plan.tree.children("edge-0")
+    assert counts["edge-0"] == sum(len(tiny_plan.shards[leaf]) for leaf in tree.leaves("edge-0"))
+    assert counts[tree.root] == total_samples(tiny_plan)
+    assert sorted({r.round for r in records if r.node == "edge-0"}) == [1, 2]
+    events = read_events(tmp_path / "events.parquet")
+    assert [e.node for e in events if e.kind == "restart"] == ["edge-0"]
+    assert not [e for e in events if e.kind == "reparent"]
+
+
 def test_device_killed_mid_round(ray_session, config, tiny_plan, tmp_path):
     runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "device-3")
     assert runner.inspected["dead"] == {"device-3"}

@@ -1,5 +1,6 @@
 """The supervisor's pure decisions, driven by a fake clock (plain floats): no Ray, no torch."""
 import copy
+import dataclasses
 
 import pytest
 
@@ -197,26 +198,25 @@ def test_root_handled_before_edges_in_the_same_tick():
     assert actions[2] == Restart("cloud-0", 1) and isinstance(actions[3], Reparent)
 
 
-def test_replace_dead_restarts_after_the_reparents_within_its_cap():
+def test_a_replaced_edge_keeps_its_children_until_its_restarts_are_spent():
     state = report_death(make_state(policy=Policy(replace_dead=True, max_restarts=1)), "edge-1")
     state, actions = decide(state, 1.0)
-    assert [type(a) for a in actions] == [DeclareDead, Reparent, Reparent, Reparent, Restart]
-    assert actions[-1] == Restart("edge-1", 1)
-    assert "edge-1" not in state.dead and state.tree.children("edge-1") == []
+    assert actions == [DeclareDead("edge-1", Reason.ACTOR_DIED, pytest.approx(1.0)), Restart("edge-1", 1)]
+    assert "edge-1" not in state.dead and state.tree.children("edge-1") == ["device-3", "device-4", "device-5"]
     state = report_death(state, "edge-1")
     state, actions = decide(state, 2.0)
-    assert actions == [DeclareDead("edge-1", Reason.ACTOR_DIED, pytest.approx(1.0))]
-    assert "edge-1" in state.dead  # cap spent: stays dead, childless
+    assert [type(a) for a in actions] == [DeclareDead, Reparent, Reparent, Reparent]
+    assert "edge-1" in state.dead and state.tree.children("edge-1") == []  # cap spent: children move
 
 
 def test_no_orphan_goes_to_an_edge_replaced_in_the_same_tick():
-    state = make_state(policy=Policy(replace_dead=True))
+    state = make_state(policy=Policy(replace_dead=True, max_restarts=1))
+    state = dataclasses.replace(state, restarts={"edge-0": 1})  # edge-0 may not come back
     state = report_death(report_death(state, "edge-0"), "edge-1")
     state, actions = decide(state, 1.0)
-    assert moves(actions) == [(f"device-{i}", "edge-2") for i in range(6)]
-    assert [a for a in actions if isinstance(a, Restart)] == [Restart("edge-0", 1),
-                                                              Restart("edge-1", 1)]
-    assert state.dead == frozenset()
+    assert moves(actions) == [(f"device-{i}", "edge-2") for i in range(3)]
+    assert [a for a in actions if isinstance(a, Restart)] == [Restart("edge-1", 1)]
+    assert state.dead == {"edge-0"}
 
 
 def test_replaced_edge_keeps_its_children_when_no_peer_survives():

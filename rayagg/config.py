@@ -172,9 +172,9 @@ class SupervisionConfig(_Section):
     least-loaded live node of its tier; a dead device leaves the rounds (its bridge
     samples stay with its ancestors unless ``keep_dead_leaf_samples`` is false); a dead
     root is restarted from its last checkpoint. ``replace_dead`` instead replaces a dead
-    non-leaf by a fresh actor restored from its checkpoint, which keeps its children; ``rejoin_dead_leaves`` brings
-    a dead device back at the start of the next round, under the least-loaded node of the
-    tier above. Restarts (and re-joins) are capped per
+    non-leaf by a fresh actor restored from its checkpoint, which keeps its children;
+    ``rejoin_dead_leaves`` brings a dead device back at the start of the next round,
+    under the least-loaded node of the tier above. Restarts (and re-joins) are capped per
     node by ``max_restarts``; re-parenting never spends them. ``checkpoint_every`` is in
     rounds.
     """

@@ -1,10 +1,12 @@
 """Kills one node of a run mid-round and prints what recovery cost.
 
-Usage: .venv/bin/python benchmarks/failure.py CONFIG [--node edge-0] [--round 2] [--delay 5]
+Usage: .venv/bin/python benchmarks/failure.py CONFIG [--node edge-0] [--round 2] [--delay 5] [--replace]
 Runs CONFIG on a local Ray, kills NODE's actor DELAY seconds into round ROUND, then prints
 the detection latency (kill -> declared dead), the time to re-parent (declared dead ->
 orphans' bridge samples at the new parent, i.e. the retry starting), every round's
 seconds and the final accuracy per tier. Without --node nothing is killed (the baseline).
+With --replace the run has ``supervision.replace_dead`` on: a dead edge is replaced from
+its checkpoint and keeps its children, so the second figure is the time to replace it.
 """
 import argparse
 import pathlib
@@ -14,7 +16,7 @@ import time
 
 import ray
 
-from rayagg.config import load_config
+from rayagg.config import load_config, parse_config
 from rayagg.metrics import tier_means
 from rayagg.plan import make_plan
 from rayagg.run import execute
@@ -27,8 +29,13 @@ def main() -> None:
     parser.add_argument("--node", default=None)
     parser.add_argument("--round", type=int, default=2)
     parser.add_argument("--delay", type=float, default=5.0)
+    parser.add_argument("--replace", action="store_true", help="turn supervision.replace_dead on")
     args = parser.parse_args()
     config = load_config(args.config)
+    if args.replace:
+        raw = config.model_dump()
+        raw["supervision"]["replace_dead"] = True
+        config = parse_config(raw)
     runner = RayRunner(make_plan(config))
     killed = {}
 
@@ -50,7 +57,7 @@ def main() -> None:
     if dead:
         print(f"detection latency: {dead[0].monotonic_s - killed['at']:.2f} s")
     if dead and retry:
-        print(f"declared dead -> retry submitted (re-parenting incl. sample transfer): "
+        print(f"declared dead -> retry submitted (re-parenting or replacement, incl. sample transfer): "
               f"{retry[0].monotonic_s - dead[0].monotonic_s:.2f} s")
     rounds = sorted({r.round for r in records})
     print("round seconds: " + ", ".join(

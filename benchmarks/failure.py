@@ -16,7 +16,7 @@ import time
 
 import ray
 
-from rayagg.config import load_config, parse_config
+from rayagg.config import load_config
 from rayagg.metrics import tier_means
 from rayagg.plan import make_plan
 from rayagg.run import execute
@@ -33,9 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config)
     if args.replace:
-        raw = config.model_dump()
-        raw["supervision"]["replace_dead"] = True
-        config = parse_config(raw)
+        config = config.with_changes(supervision={"replace_dead": True})
     runner = RayRunner(make_plan(config))
     killed = {}
 

@@ -7,7 +7,7 @@ import argparse
 import pathlib
 import tempfile
 
-from rayagg.config import load_config, parse_config
+from rayagg.config import load_config
 from rayagg.driver import LocalRunner
 from rayagg.plan import load_data, make_plan
 from rayagg.run import execute
@@ -24,12 +24,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    base = load_config(pathlib.Path(__file__).parents[1] / "jobs/configs/tiny.yaml").model_dump()
+    base = load_config(pathlib.Path(__file__).parents[1] / "jobs/configs/tiny.yaml")
     print(f"| beta | teacher_mode | cloud after {args.rounds} rounds | edges | devices |")
     print("|---|---|---|---|---|")
     for variant in VARIANTS:
-        raw = {**base, "training": {**base["training"], **variant, "rounds": args.rounds}}
-        config = parse_config(raw)
+        config = base.with_changes(training={**variant, "rounds": args.rounds})
         dataset = load_data(config)
         records = execute(LocalRunner(make_plan(config, dataset), dataset),
                           pathlib.Path(tempfile.mkdtemp()), echo=lambda line: None)

@@ -210,9 +210,19 @@ class RunConfig(_Section):
                 f"min_samples_per_device {self.data.min_samples_per_device} = {needed}")
         return self
 
+    def with_changes(self, **sections: dict[str, Any]) -> "RunConfig":
+        """Returns a validated copy with some keys of some sections changed, e.g.
+        ``config.with_changes(supervision={"replace_dead": True})``."""
+        raw = self.model_dump()
+        for section, changes in sections.items():
+            if section not in raw:
+                raise ConfigError(f"config has no section {section!r}")
+            raw[section] = {**raw[section], **changes}
+        return parse_config(raw)
+
     def with_rounds(self, rounds: int) -> "RunConfig":
         """Returns a copy with another round count (validated)."""
-        return parse_config({**self.model_dump(), "training": {**self.training.model_dump(), "rounds": rounds}})
+        return self.with_changes(training={"rounds": rounds})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)

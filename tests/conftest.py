@@ -43,10 +43,3 @@ def ray_session():
     yield
     ray.shutdown()
 
-
-def with_changes(config, **sections):
-    """A copy of ``config`` with some keys of some sections changed, validated."""
-    raw = config.model_dump()
-    for section, changes in sections.items():
-        raw[section] = {**raw[section], **changes}
-    return parse_config(raw)

@@ -126,3 +126,14 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(config.to_yaml())
     assert load_config(path) == config
     assert yaml.safe_load(path.read_text())["training"]["rounds"] == 7
+
+
+def test_with_changes_validates_and_names_what_is_wrong():
+    config = parse_config(base())
+    changed = config.with_changes(supervision={"replace_dead": True}, training={"lr": 0.5})
+    assert changed.supervision.replace_dead and changed.training.lr == 0.5
+    assert changed.training.rounds == config.training.rounds  # untouched keys stay
+    with pytest.raises(ConfigError, match="lr"):
+        config.with_changes(training={"lr": -1})
+    with pytest.raises(ConfigError, match="no section 'trainig'"):
+        config.with_changes(trainig={"lr": 0.5})

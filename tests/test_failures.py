@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from conftest import with_changes
 from rayagg.events import read_events
 from rayagg.run import RunState, execute
 from rayagg.runtime import RayRunner
@@ -44,7 +43,7 @@ def kill_during_round(runner, node, round_index, delay_s=1.0):
 
 @pytest.fixture(scope="module")
 def config(tiny_config):
-    return with_changes(tiny_config, training={"rounds": 2})
+    return tiny_config.with_changes(training={"rounds": 2})
 
 
 def total_samples(plan):
@@ -79,7 +78,7 @@ def test_edge_killed_mid_round(ray_session, config, tiny_plan, tmp_path):
 
 
 def test_edge_killed_mid_round_is_replaced_and_keeps_its_devices(ray_session, config, tiny_plan, tmp_path):
-    replacing = with_changes(config, supervision={"replace_dead": True})
+    replacing = config.with_changes(supervision={"replace_dead": True})
     runner, _, records = run_with_kill(replacing, tiny_plan, tmp_path, "edge-0")
     tree, counts = runner.inspected["tree"], runner.inspected["counts"]
     assert runner.inspected["dead"] == frozenset()
@@ -111,7 +110,7 @@ def test_root_killed_mid_round_restarts_from_checkpoint(ray_session, config, tin
 
 
 def test_interrupt_then_resume(ray_session, tiny_config, tiny_plan, tmp_path):
-    config = with_changes(tiny_config, training={"rounds": 2})
+    config = tiny_config.with_changes(training={"rounds": 2})
 
     def interrupt_after_round_one(line):
         if line.startswith("round 2/"):
@@ -133,7 +132,7 @@ def test_interrupt_then_resume(ray_session, tiny_config, tiny_plan, tmp_path):
 def test_dead_device_rejoins_in_the_next_round(ray_session, tiny_config, tiny_plan, tmp_path):
     # An idle device is found by its heartbeats (up to ~6 s), maybe only in round 3:
     # four rounds leave room for the re-join at the start of round 3 or 4.
-    config = with_changes(tiny_config, training={"rounds": 4},
+    config = tiny_config.with_changes(training={"rounds": 4},
                           supervision={"rejoin_dead_leaves": True})
     runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "device-3")
     assert runner.inspected["dead"] == frozenset()

@@ -9,7 +9,6 @@ from rayagg.plan import build_node, evaluation_split, make_plan
 from rayagg.run import execute
 from rayagg.runtime import RayRunner
 
-from conftest import with_changes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -54,7 +53,7 @@ def test_gpu_tiers_train_on_cuda_and_cpu_tiers_see_no_gpu(local_ray, tiny_config
     tiers = tiny_config.model_dump()["tree"]["tiers"]
     for tier, gpus in zip(tiers, (0.5, 0.25, 0)):
         tier["resources"]["num_gpus"] = gpus
-    config = with_changes(tiny_config, tree={"tiers": tiers})
+    config = tiny_config.with_changes(tree={"tiers": tiers})
     runner = RayRunner(make_plan(config, tiny_dataset))
     records = execute(runner, tmp_path, echo=lambda line: None)
     for node, info in runner.placement.items():

@@ -8,7 +8,6 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from rayagg.config import parse_config
 from rayagg.plan import make_plan
 from rayagg.run import execute
 from rayagg.runtime import RayRunner
@@ -36,11 +35,10 @@ def cluster():
 
 
 def pinned(tiny_config):
-    raw = tiny_config.model_dump()
-    for tier, custom, cpus in zip(raw["tree"]["tiers"], ("cloud", "edge", "device"), (0.5, 0.5, 0.2)):
+    tiers = tiny_config.model_dump()["tree"]["tiers"]
+    for tier, custom, cpus in zip(tiers, ("cloud", "edge", "device"), (0.5, 0.5, 0.2)):
         tier["resources"] = {"num_cpus": cpus, "custom": {custom: 1}}
-    raw["training"]["rounds"] = 2
-    return parse_config(raw)
+    return tiny_config.with_changes(tree={"tiers": tiers}, training={"rounds": 2})
 
 
 class InspectingRunner(RayRunner):

@@ -23,7 +23,9 @@ _TIER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML reads `.inf` and `.nan` as floats, and no knob here has a
+    # meaning for them (an lr of nan would only show up rounds later as a nan loss).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):

@@ -21,8 +21,8 @@ from rayagg.errors import DataError
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100")
 
-# System-wide folders searched for the Fashion-MNIST IDX files (after `root` and
-# $RAYAGG_DATA_DIR, before the user cache). A tuple so tests can monkeypatch it.
+# System-wide folders searched for the Fashion-MNIST IDX files when no root is given
+# (after $RAYAGG_DATA_DIR, before the user cache). A tuple so tests can monkeypatch it.
 FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 
 DATA_DIR_ENV = "RAYAGG_DATA_DIR"
@@ -33,6 +33,13 @@ _FASHION_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+
+# The folder torchvision's CIFAR classes expect under their root.
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+# (C, H, W) of one image and the number of classes, known without loading anything.
+_SPECS = {"fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
+          "cifar100": ((3, 32, 32), 100)}
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -88,7 +95,47 @@ def load_dataset(name: str, *, root: str | None = None, download: bool = False,
         return _load_fashion_mnist(root, download)
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, root, download, coarse_labels)
-    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    raise _unknown(name)
+
+
+def dataset_spec(name: str, coarse_labels: bool = False) -> tuple[tuple[int, int, int], int]:
+    """Return (image shape (C, H, W), number of classes) of data set `name`, without loading it.
+
+    `coarse_labels` gives CIFAR-100's 20 superclasses (ignored otherwise, as in
+    load_dataset). Raises DataError when the name is unknown.
+    """
+    if name not in _SPECS:
+        raise _unknown(name)
+    shape, num_classes = _SPECS[name]
+    if name == "cifar100" and coarse_labels:
+        num_classes = 20
+    return shape, num_classes
+
+
+def check_dataset_files(name: str, *, root: str | None = None, download: bool = False) -> None:
+    """Check that data set `name` can be found, without reading its files.
+
+    Returns None when its files are where load_dataset would look, or when `download`
+    is set (load_dataset then fetches what is missing; checking needs the network).
+    Fashion-MNIST's four IDX files must exist; for CIFAR, torchvision's folder under
+    `root` (or the user's data folder) must. Raises DataError naming the paths tried.
+    """
+    if name not in _SPECS:
+        raise _unknown(name)
+    if download:
+        return
+    if name == "fashion-mnist":
+        find_fashion_mnist(root)
+        return
+    folder = Path(root or default_root()) / _CIFAR_FOLDERS[name]
+    if not folder.is_dir():
+        raise DataError(f"{name} not found: no folder {folder} (torchvision's layout under "
+                        f"{'data.root' if root else 'the user data folder'}). Point data.root "
+                        f"at the folder holding {folder.name}, or set data.download: true.")
+
+
+def _unknown(name: str) -> DataError:
+    return DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 # --------------------------------------------------------------------- IDX files
@@ -145,16 +192,28 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 # ----------------------------------------------------------------- Fashion-MNIST
 
 def fashion_mnist_candidates(root: str | None = None) -> list[Path]:
-    """Return the folders searched for the Fashion-MNIST IDX files, in order."""
+    """Return the folders searched for the Fashion-MNIST IDX files, in order.
+
+    A given `root` is the only place searched (root/fashion-mnist, root, and
+    torchvision's root/FashionMNIST/raw): a root that lacks the files must not
+    silently fall back to another copy. Without one: $RAYAGG_DATA_DIR (same three
+    folders), FASHION_MNIST_DIRS, then the user cache.
+    """
+    if root:
+        return _folders_under(root)
     dirs: list[Path] = []
-    for base in (root, os.environ.get(DATA_DIR_ENV)):
-        if base:
-            dirs += [Path(base) / "fashion-mnist", Path(base),
-                     Path(base) / "FashionMNIST" / "raw"]  # torchvision's layout
+    if os.environ.get(DATA_DIR_ENV):
+        dirs += _folders_under(os.environ[DATA_DIR_ENV])
     dirs += [Path(d) for d in FASHION_MNIST_DIRS]
     cache = default_root()
     dirs += [cache / "fashion-mnist", cache / "FashionMNIST" / "raw"]
     return list(dict.fromkeys(dirs))  # drop duplicates, keep order
+
+
+def _folders_under(base: str) -> list[Path]:
+    """The folders under `base` that may hold the IDX files (the last: torchvision's layout)."""
+    return list(dict.fromkeys([Path(base) / "fashion-mnist", Path(base),
+                               Path(base) / "FashionMNIST" / "raw"]))
 
 
 def _find_idx_files(folder: Path) -> dict[str, Path] | None:
@@ -170,20 +229,38 @@ def _find_idx_files(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def _load_fashion_mnist(root: str | None, download: bool) -> Dataset:
-    """Find and parse Fashion-MNIST; returns the Dataset, raises DataError."""
+def find_fashion_mnist(root: str | None = None) -> dict[str, Path]:
+    """Return the paths of the four Fashion-MNIST IDX files, found without reading them.
+
+    Searches fashion_mnist_candidates(root). Raises DataError listing the folders
+    tried and the files expected (naming `root` when one is given).
+    """
     tried = fashion_mnist_candidates(root)
     for folder in tried:
         files = _find_idx_files(folder)
         if files is not None:
-            return _fashion_from_files(files)
-    if download:
-        return _download_fashion_mnist(root)
+            return files
     listing = "\n  ".join(str(d) for d in tried)
+    expected = ", ".join(_FASHION_FILES.values())
+    where = f"under data.root {root}" if root else "in any default location"
+    fix = ("put them under data.root, leave data.root unset to search the default "
+           "locations" if root else
+           f"`apt-get install dataset-fashion-mnist`, or set data.root to a folder holding "
+           f"them (or ${DATA_DIR_ENV})")
     raise DataError(
-        "Fashion-MNIST IDX files not found; tried:\n  " + listing + "\n"
-        "Fix: `apt-get install dataset-fashion-mnist`, or set data.root to a folder "
-        f"holding the four *-ubyte(.gz) files (or ${DATA_DIR_ENV}), or set data.download: true")
+        f"Fashion-MNIST IDX files not found {where}; expected {expected} (each may end in "
+        f".gz) in one of:\n  {listing}\nFix: {fix}, or set data.download: true")
+
+
+def _load_fashion_mnist(root: str | None, download: bool) -> Dataset:
+    """Find and parse Fashion-MNIST (downloading it if allowed); raises DataError."""
+    try:
+        files = find_fashion_mnist(root)
+    except DataError:
+        if download:
+            return _download_fashion_mnist(root)
+        raise
+    return _fashion_from_files(files)
 
 
 def _fashion_from_files(files: dict[str, Path]) -> Dataset:

@@ -45,3 +45,17 @@ class NodeDiedError(NodeError):
 class RecoveryError(RayaggError):
     """A failure the tree cannot absorb: no survivor in a tier, restarts exhausted, or a
     round that failed again after its retry."""
+
+
+class RunDirError(RayaggError):
+    """A run directory cannot be used: it holds another run, is not a run, or is a file."""
+
+
+class ClusterError(RayaggError):
+    """The Ray cluster cannot be reached or joined; the message names the address."""
+
+
+class TrainingError(RayaggError):
+    """A node's training diverged: a loss stopped being finite. The message names the
+    node, the loss and the batch; one argument, so the error pickles (Ray ships it from
+    an actor to the driver)."""

@@ -116,8 +116,9 @@ def build_model(name: str, *, in_channels: int, image_size: int, num_classes: in
 
     ``name`` is one of ``BUILTIN_MODELS`` or ``"package.module:function"``; a user
     factory gets the same keyword arguments. Raises ConfigError for an unknown
-    name, an unimportable module, a missing attribute, non-positive sizes, or a
-    factory that does not return an ``nn.Module``.
+    name, an unimportable module, a missing attribute, non-positive sizes, a
+    factory that raises (including one that takes other arguments), or a factory
+    that does not return an ``nn.Module``.
     """
     check_model_name(name)
     _check_dims(in_channels, image_size, num_classes)
@@ -126,7 +127,12 @@ def build_model(name: str, *, in_channels: int, image_size: int, num_classes: in
     if name in _RESNET_LAYERS:
         return _resnet(_RESNET_LAYERS[name], in_channels, num_classes)
     factory = _resolve_factory(name)
-    model = factory(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    try:
+        model = factory(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    except Exception as exc:  # user code: whatever it raises, the config names the fault
+        raise ConfigError(f"model {name!r}: the factory failed when called with in_channels="
+                          f"{in_channels}, image_size={image_size}, num_classes={num_classes}: "
+                          f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model {name!r}: factory returned {type(model).__name__}, not a torch.nn.Module"

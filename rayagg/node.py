@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rayagg import autoencoder, protocol
+from rayagg.errors import TrainingError
 from rayagg.protocol import DistillSettings
 
 
@@ -110,13 +111,22 @@ class NodeState:
         return out
 
     def learn(self, leaves: list[str], teacher: torch.Tensor) -> float:
-        """One directional pass as the student of ``teacher``; returns the mean loss."""
+        """One directional pass as the student of ``teacher``; returns the mean loss.
+
+        Raises TrainingError naming this node and its learning rate when the loss stops
+        being finite (see :func:`protocol.directional_pass`).
+        """
         started = time.perf_counter()
         inputs, labels = self._bridge_batch(leaves)
         real = (self.local.images, self.local.labels) if self.is_leaf else None
-        loss = protocol.directional_pass(self.model, self.optimizer, inputs, labels, teacher,
-                                         settings=self.settings, generator=self._generator,
-                                         real=real)
+        try:
+            loss = protocol.directional_pass(self.model, self.optimizer, inputs, labels, teacher,
+                                             settings=self.settings, generator=self._generator,
+                                             real=real)
+        except TrainingError as exc:
+            # The usual cause is a learning rate too high for this tier's model.
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingError(f"{self.name}: {exc}; lower training.lr ({lr})") from exc
         self.work_s += time.perf_counter() - started
         return loss
 

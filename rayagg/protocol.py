@@ -13,12 +13,15 @@ T squared so its gradient does not shrink as T grows).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rayagg.errors import TrainingError
 
 TeacherMode = Literal["train", "eval"]
 
@@ -60,21 +63,44 @@ def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def batch_sizes(count: int, batch_size: int) -> list[int]:
+    """Returns the sizes of the batches ``count`` samples are cut into, for ``Tensor.split``.
+
+    Batches hold ``batch_size`` samples, the last one what is left; a trailing batch of
+    one sample joins the batch before it (17 at batch 8 gives ``[8, 9]``), because
+    BatchNorm cannot use batch statistics of one sample per channel. Only ``count == 1``
+    leaves a batch of one: ``[1]``. Raises ValueError for ``batch_size < 2`` or
+    ``count < 0``.
+    """
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (got {batch_size})")
+    if count < 0:
+        raise ValueError(f"cannot cut {count} samples into batches")
+    full, rest = divmod(count, batch_size)
+    sizes = [batch_size] * full + ([rest] if rest else [])
+    if rest == 1 and full:
+        sizes[-2:] = [batch_size + 1]
+    return sizes
+
+
 def teacher_logits(model: nn.Module, inputs: torch.Tensor, *, batch_size: int,
                    mode: TeacherMode) -> torch.Tensor:
     """Returns the model's logits on ``inputs`` (on the CPU), computed without autograd.
 
     ``mode="train"`` uses batch statistics as the official demo does (BatchNorm running
-    statistics then still move); ``"eval"`` uses running statistics. The model's mode is
-    restored afterwards. ``no_grad`` rather than ``inference_mode`` because the result
-    later feeds a loss whose graph must not hold inference tensors.
+    statistics then still move); ``"eval"`` uses running statistics. Inputs are cut by
+    :func:`batch_sizes` in both modes, so no batch holds a single sample; a lone sample
+    (``len(inputs) == 1``) has no batch statistics, so it always gets eval-mode logits.
+    The model's mode is restored afterwards. ``no_grad`` rather than ``inference_mode``
+    because the result later feeds a loss whose graph must not hold inference tensors.
     """
     was_training = model.training
-    model.train(mode == "train")
+    model.train(mode == "train" and len(inputs) > 1)
     try:
         with torch.no_grad():
             device = _device_of(model)
-            chunks = [model(batch.to(device)) for batch in inputs.split(batch_size)]
+            chunks = [model(batch.to(device))
+                      for batch in inputs.split(batch_sizes(len(inputs), batch_size))]
     finally:
         model.train(was_training)
     return torch.cat(chunks).cpu()
@@ -89,24 +115,36 @@ def directional_pass(model: nn.Module, optimizer: torch.optim.Optimizer, inputs:
     ``inputs`` are decoded bridge samples, ``labels`` their labels, ``teacher`` the other
     node's logits on them (same order). A leaf passes ``real`` = its local (images,
     labels), aligned with its bridge samples, and gets the leaf loss; any other node
-    the non-leaf loss. Batches of one sample are skipped (BatchNorm cannot train on
-    them). Returns the mean loss over the batches.
+    the non-leaf loss. Batches are cut by :func:`batch_sizes`, so every sample is
+    trained on and no batch holds one sample (BatchNorm cannot train on one); a pass
+    over a single bridge sample is skipped and returns 0.0.
+
+    Returns the mean loss over the batches. Raises ValueError when inputs, labels and
+    teacher differ in length, and TrainingError (before any step on it) when a batch's
+    loss is not finite: training has diverged and further steps would only spread
+    nan through the weights.
     """
     if not len(inputs) == len(labels) == len(teacher):
         raise ValueError(f"inputs, labels and teacher logits differ in length: "
                          f"{len(inputs)}, {len(labels)}, {len(teacher)}")
+    if len(inputs) < 2:
+        return 0.0
     device = _device_of(model)
     model.train()
+    order = torch.randperm(len(inputs), generator=generator)
+    batches = order.split(batch_sizes(len(inputs), settings.batch_size))
     losses = []
-    for index in torch.randperm(len(inputs), generator=generator).split(settings.batch_size):
-        if len(index) < 2:
-            continue
+    for number, index in enumerate(batches, start=1):
         loss = _batch_loss(model, inputs, labels, teacher, index, settings, real, device)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"training diverged: loss {value} at batch {number} of {len(batches)}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    return sum(losses) / max(len(losses), 1)
+        losses.append(value)
+    return sum(losses) / len(losses)
 
 
 def _batch_loss(model, inputs, labels, teacher, index, settings, real, device) -> torch.Tensor:

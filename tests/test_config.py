@@ -137,3 +137,19 @@ def test_with_changes_validates_and_names_what_is_wrong():
         config.with_changes(training={"lr": -1})
     with pytest.raises(ConfigError, match="no section 'trainig'"):
         config.with_changes(trainig={"lr": 0.5})
+
+
+@pytest.mark.parametrize("field,value", [("lr", ".inf"), ("lr", ".nan"), ("beta", ".inf"),
+                                         ("temperature", "-.inf")])
+def test_non_finite_numbers_name_the_field(tmp_path, field, value):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base()) + f"training:\n  {field}: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"training.{field}: Input should be a finite number" in str(info.value)
+
+
+def test_non_finite_numbers_in_nested_maps_are_rejected():
+    raw = base()
+    raw["tree"]["tiers"][0]["resources"] = {"custom": {"accelerator": float("nan")}}
+    assert "tree.tiers.0.resources.custom.accelerator" in error_of(raw)

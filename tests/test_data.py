@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +84,45 @@ def test_idx_corrupt_gzip_raises(tmp_path):
 # ------------------------------------------------------------------ loading
 
 def test_missing_fashion_mnist_lists_paths(isolated):
+    with pytest.raises(DataError) as info:
+        data.load_dataset("fashion-mnist")
+    message = str(info.value)
+    for tried in (isolated / "env" / "fashion-mnist", isolated / "system",
+                  isolated / "home" / ".cache" / "rayagg" / "data" / "fashion-mnist"):
+        assert str(tried) in message
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "download: true" in message
+
+
+def test_a_root_without_fashion_mnist_is_an_error_naming_only_it(isolated):
+    _write_tiny_fashion(isolated / "env", compress=True)  # a copy the root must not fall back to
     root = isolated / "root"
+    root.mkdir()
     with pytest.raises(DataError) as info:
         data.load_dataset("fashion-mnist", root=str(root))
     message = str(info.value)
-    for tried in (root, isolated / "env" / "fashion-mnist", isolated / "system",
-                  isolated / "home" / ".cache" / "rayagg" / "data" / "fashion-mnist"):
-        assert str(tried) in message
-    assert "apt-get install dataset-fashion-mnist" in message
-    assert "download: true" in message
+    assert f"under data.root {root};" in message and "train-images-idx3-ubyte" in message
+    assert str(isolated / "env") not in message and str(isolated / "system") not in message
+
+
+def test_an_empty_root_does_not_use_the_system_copy(tmp_path):
+    try:
+        data.find_fashion_mnist()
+    except DataError:
+        pytest.skip("no Fashion-MNIST copy outside data.root that a root could fall back to")
+    with pytest.raises(DataError, match=re.escape(f"under data.root {tmp_path}")):
+        data.load_dataset("fashion-mnist", root=str(tmp_path))
+    with pytest.raises(DataError, match=re.escape(f"under data.root {tmp_path}")):
+        data.check_dataset_files("fashion-mnist", root=str(tmp_path))
+
+
+@pytest.mark.parametrize("folder", ["fashion-mnist", ".", "FashionMNIST/raw"])
+def test_fashion_mnist_found_under_root(isolated, folder):
+    root = isolated / "root"
+    _write_tiny_fashion(root / folder, compress=True)
+    data.check_dataset_files("fashion-mnist", root=str(root))
+    assert data.load_dataset("fashion-mnist", root=str(root)).train_images.shape == (12, 1, 28, 28)
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -129,6 +160,7 @@ def test_real_fashion_mnist(fashion):
     # Fashion-MNIST is balanced: 6000 training images per class.
     assert torch.bincount(fashion.train_labels).tolist() == [6000] * 10
     assert fashion.train_images.max() > 200  # real pixels, not zeros
+    assert data.dataset_spec("fashion-mnist") == (fashion.image_shape, fashion.num_classes)
 
 
 def test_unknown_dataset_lists_choices():
@@ -143,6 +175,29 @@ def test_cifar_missing_raises_with_root(tmp_path):
         data.load_dataset("cifar10", root=str(tmp_path), download=False)
     assert str(tmp_path) in str(info.value) and "download: true" in str(info.value)
     assert info.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_files_checked_without_loading(tmp_path, name):
+    with pytest.raises(DataError, match=re.escape(f"no folder {tmp_path}")):
+        data.check_dataset_files(name, root=str(tmp_path))
+    data.check_dataset_files(name, root=str(tmp_path), download=True)  # the loader fetches it
+    (tmp_path / {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]).mkdir()
+    data.check_dataset_files(name, root=str(tmp_path))
+
+
+@pytest.mark.parametrize("name,coarse,spec", [
+    ("fashion-mnist", False, ((1, 28, 28), 10)), ("cifar10", False, ((3, 32, 32), 10)),
+    ("cifar100", False, ((3, 32, 32), 100)), ("cifar100", True, ((3, 32, 32), 20))])
+def test_dataset_spec(name, coarse, spec):
+    assert data.dataset_spec(name, coarse_labels=coarse) == spec
+
+
+def test_unknown_dataset_has_no_spec_and_no_files():
+    with pytest.raises(DataError, match="choose one of"):
+        data.dataset_spec("mnist")
+    with pytest.raises(DataError, match="choose one of"):
+        data.check_dataset_files("mnist", download=True)
 
 
 def test_cifar100_coarse_mapping_shape():
@@ -169,6 +224,8 @@ def test_cifar100_coarse_labels_through_loader(tmp_path, monkeypatch):
     fine = data.load_dataset("cifar100", root=str(tmp_path))
     coarse = data.load_dataset("cifar100", root=str(tmp_path), coarse_labels=True)
     assert fine.num_classes == 100 and coarse.num_classes == 20
+    assert data.dataset_spec("cifar100") == (fine.image_shape, fine.num_classes)
+    assert data.dataset_spec("cifar100", True) == (coarse.image_shape, coarse.num_classes)
     assert fine.image_shape == (3, 32, 32) and int(fine.train_images[0, 2, 0, 0]) == 9
     np.testing.assert_array_equal(coarse.train_labels.numpy(), data.CIFAR100_COARSE)
 

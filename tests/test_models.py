@@ -25,6 +25,9 @@ USER_MODULE = textwrap.dedent(
     def not_a_module(*, in_channels, image_size, num_classes):
         return "oops"
 
+    def broken(*, in_channels, image_size, num_classes):
+        raise RuntimeError("out of widgets")
+
     NOT_CALLABLE = 3
     """
 )
@@ -104,6 +107,17 @@ def test_error_names_the_model_string():
 def test_factory_returning_non_module(user_module):
     with pytest.raises(ConfigError, match="not a torch.nn.Module"):
         build_model(f"{user_module}:not_a_module", in_channels=1, image_size=28, num_classes=10)
+
+
+def test_factory_that_raises_names_model_and_cause(user_module):
+    name = f"{user_module}:broken"
+    with pytest.raises(ConfigError, match=f"model '{name}'.*RuntimeError: out of widgets"):
+        build_model(name, in_channels=1, image_size=28, num_classes=10)
+
+
+def test_factory_without_the_keyword_arguments():
+    with pytest.raises(ConfigError, match=r"model 'os:getcwd'.*in_channels=1.*TypeError"):
+        build_model("os:getcwd", in_channels=1, image_size=28, num_classes=10)
 
 
 def test_non_callable_attribute(user_module):

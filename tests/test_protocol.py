@@ -1,11 +1,15 @@
 """BSBODP as pure torch: loss values by hand, passes, teachers, evaluation."""
 import math
+import pickle
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
-from rayagg import protocol
+from rayagg import autoencoder, protocol
+from rayagg.errors import TrainingError
+from rayagg.node import BridgeSamples, NodeState
 from rayagg.protocol import DistillSettings
 
 
@@ -118,13 +122,120 @@ def test_directional_pass_rejects_misaligned_teacher():
                                   settings=DistillSettings(), generator=torch.Generator())
 
 
-def test_batches_of_one_are_skipped():
+def one_by_one_model(seed=0):
+    """torchvision's ImageNet ResNet-18 on 1x28x28: its 7x7 stride-2 stem and max-pool
+    leave a 1x1 last feature map, where BatchNorm fails on a one-sample batch."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def one_by_one_data(n):
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.rand(n, 1, 28, 28, generator=generator)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    return inputs, labels, torch.randn(n, 10, generator=generator)
+
+
+def count_forward_samples(model):
+    """Returns a list that gets the batch size of every forward call of ``model``."""
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+    return seen
+
+
+@pytest.mark.parametrize("count,batch_size,sizes", [
+    (17, 8, [8, 9]), (16, 8, [8, 8]), (9, 8, [9]), (7, 8, [7]), (5, 2, [2, 3]),
+    (2, 8, [2]), (1, 8, [1]), (0, 8, [])])
+def test_batch_sizes_fold_a_trailing_single_sample(count, batch_size, sizes):
+    assert protocol.batch_sizes(count, batch_size) == sizes
+
+
+def test_batch_sizes_reject_batches_of_one():
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        protocol.batch_sizes(10, 1)
+
+
+def test_train_mode_teacher_on_a_1x1_feature_map_with_a_trailing_single_sample():
+    inputs, _, _ = one_by_one_data(2 * 8 + 1)
+    out = protocol.teacher_logits(one_by_one_model(), inputs, batch_size=8, mode="train")
+    assert out.shape == (17, 10) and torch.isfinite(out).all()
+
+
+def test_train_mode_teacher_gives_a_lone_sample_eval_mode_logits():
+    inputs, _, _ = one_by_one_data(1)
+    model = one_by_one_model()
+    train_mode = protocol.teacher_logits(model, inputs, batch_size=8, mode="train")
+    eval_mode = protocol.teacher_logits(model, inputs, batch_size=8, mode="eval")
+    assert torch.equal(train_mode, eval_mode)
+
+
+@pytest.mark.parametrize("leaf", [False, True])
+def test_directional_pass_trains_on_every_sample_of_a_1x1_feature_map_model(leaf):
+    inputs, labels, teacher = one_by_one_data(2 * 8 + 1)
+    model = one_by_one_model()
+    seen = count_forward_samples(model)
+    optimizer = protocol.make_optimizer(model, lr=0.01, momentum=0.0, weight_decay=0.0)
+    real = (inputs.flip(0), labels) if leaf else None
+    loss = protocol.directional_pass(model, optimizer, inputs, labels, teacher,
+                                     settings=DistillSettings(batch_size=8),
+                                     generator=torch.Generator().manual_seed(0), real=real)
+    per_sample = 2 if leaf else 1  # a leaf's forward holds its real and its bridge samples
+    assert seen == [8 * per_sample, 9 * per_sample] and math.isfinite(loss)
+
+
+def test_a_trailing_single_sample_joins_the_batch_before_it():
     inputs, labels, teacher = fixed_data(n=9)
     model = small_model()
+    seen = count_forward_samples(model)
     optimizer = protocol.make_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0)
-    # 9 samples at batch 8 leave a batch of one, which BatchNorm cannot train on
     protocol.directional_pass(model, optimizer, inputs, labels, teacher,
                               settings=DistillSettings(batch_size=8), generator=torch.Generator())
+    assert seen == [9]
+
+
+def test_a_pass_over_a_lone_sample_is_skipped():
+    inputs, labels, teacher = fixed_data(n=1)
+    model = small_model()
+    weights = [p.clone() for p in model.parameters()]
+    optimizer = protocol.make_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0)
+    loss = protocol.directional_pass(model, optimizer, inputs, labels, teacher,
+                                     settings=DistillSettings(batch_size=8),
+                                     generator=torch.Generator())
+    assert loss == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def diverging_pass(model, lr=1e30):
+    inputs, labels, teacher = fixed_data()
+    optimizer = protocol.make_optimizer(model, lr=lr, momentum=0.0, weight_decay=0.0)
+    return inputs, labels, teacher, optimizer
+
+
+def test_a_non_finite_loss_stops_training():
+    model = small_model()
+    inputs, labels, teacher, optimizer = diverging_pass(model)
+    with pytest.raises(TrainingError, match=r"training diverged: loss (nan|inf) at batch \d+ of 8"):
+        protocol.directional_pass(model, optimizer, inputs, labels, teacher,
+                                  settings=DistillSettings(batch_size=8),
+                                  generator=torch.Generator().manual_seed(0))
+
+
+def test_a_diverged_node_names_itself_and_its_lr_and_the_error_pickles():
+    model = small_model()
+    inputs, labels, teacher, optimizer = diverging_pass(model)
+    decoder = autoencoder.Decoder(1)
+    node = NodeState("edge-1", model, decoder=decoder, settings=DistillSettings(batch_size=8),
+                     optimizer=optimizer, seed=0)
+    codes = torch.rand(len(labels), autoencoder.CODE_CHANNELS, 2, 2).numpy()
+    node.add_bridge_samples(BridgeSamples("device-0", codes, labels.numpy()))
+    with pytest.raises(TrainingError) as info:
+        node.learn(["device-0"], teacher)
+    message = str(info.value)
+    assert message.startswith("edge-1: training diverged: loss ")
+    assert message.endswith("; lower training.lr (1e+30)")
+    assert str(pickle.loads(pickle.dumps(info.value))) == message  # Ray ships it to the driver
 
 
 def test_weight_decay_and_momentum_are_applied():

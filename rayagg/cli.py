@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from rayagg.errors import RayaggError
+from rayagg.errors import RayaggError, RunDirError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,63 +29,125 @@ def main() -> None:
               help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379'); without it a local "
                    "Ray is started and stopped at the end.")
 @click.option("--rounds", type=int, default=None, help="Override training.rounds.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory (default: runs/<config name>-<timestamp>).")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
-              metavar="RUN_DIR", help="Continue a crashed or interrupted run from its last "
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Run directory, new or empty (default: runs/<config name>-<timestamp>).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out (its files are deleted first).")
+@click.option("--resume", "resume_dir", type=click.Path(), default=None,
+              metavar="RUN_DIR", help="Continue a stopped or crashed run after its last "
                                       "checkpoint (CONFIG defaults to RUN_DIR/config.yaml).")
 @click.option("--local", is_flag=True,
               help="Run the sequential in-process reference driver instead of Ray actors.")
 def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int],
-        out_dir: Optional[str], resume_dir: Optional[str], local: bool) -> None:
+        out_dir: Optional[str], overwrite: bool, resume_dir: Optional[str], local: bool) -> None:
     """Train the tree described by CONFIG and write RUN_DIR.
 
     RUN_DIR holds metrics.parquet (round, node, tier, accuracy, loss, seconds),
     events.parquet (deaths, moves, restarts, resumes), accuracy.png, config.yaml (the
-    resolved config), state.json and checkpoints/<node>.pt. One line per round gives
-    the root's accuracy and the mean of every other tier. Ctrl-C writes a final
-    checkpoint; `rayagg run --resume RUN_DIR` continues from it.
+    resolved config), state.json (the manifest of the last checkpoint) and
+    checkpoints/round-<r>/<node>.pt. One line per round gives the root's accuracy and
+    the mean of every other tier. An existing run in --out is an error unless
+    --overwrite; `rayagg run --resume RUN_DIR` continues one.
+
+    Ctrl-C or SIGTERM: the round in flight finishes and is checkpointed, then the run
+    stops; a second signal stops at once, keeping the last complete checkpoint. Exit
+    codes: 0 done, 2 an error rayagg names (config, data, run files, a node, the
+    cluster), 130 stopped by SIGINT, 143 stopped by SIGTERM, 1 an unexpected error.
     """
     from rayagg import config as config_module
-    from rayagg.run import execute
+    from rayagg import preflight, rundir
+    from rayagg.run import Stopped, execute
 
     with _user_errors():
         if config_path is None and resume_dir is None:
             raise click.UsageError("give CONFIG, or --resume RUN_DIR")
-        config = config_module.load_config(config_path or pathlib.Path(resume_dir) / "config.yaml")
+        if resume_dir is not None and (overwrite or out_dir is not None):
+            raise click.UsageError("--resume continues RUN_DIR in place: it takes neither --out "
+                                   "nor --overwrite")
+        if resume_dir is not None and not pathlib.Path(resume_dir).is_dir():
+            raise RayaggError(f"--resume {resume_dir}: no such run directory")
+        config = _load_run_config(config_module, config_path, resume_dir)
         if rounds is not None:
             config = config.with_rounds(rounds)
         run_dir = pathlib.Path(resume_dir or out_dir or _default_run_dir(config.name))
-        click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
+        if resume_dir is None:
+            rundir.check_new_run_dir(run_dir, overwrite)
+        preflight.check_inputs(config)
         runner = _make_runner(config, address, local)
+        # Everything a resume reads is verified before Ray starts or any file changes.
+        state = rundir.load_for_resume(run_dir, runner.plan) if resume_dir else None
+        if overwrite:
+            rundir.clear_run_dir(run_dir)
+        click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
         with click.progressbar(length=config.training.rounds, label="rounds",
                                file=sys.stderr) as bar:
+            if state is not None:
+                bar.update(state.round)
+
             def report(line: str) -> None:
                 click.echo(line)
                 if line.startswith("round "):
                     bar.update(1)
             try:
-                execute(runner, run_dir, echo=report, resume=resume_dir is not None)
-            except KeyboardInterrupt:
-                click.echo(f"rayagg: stopped; resume with: rayagg run --resume {run_dir}", err=True)
+                execute(runner, run_dir, echo=report, resume=state)
+            except Stopped as stopped:
+                _explain_stop(stopped, run_dir)
+                sys.exit(stopped.exit_code)
+            except KeyboardInterrupt:  # before the signal handlers were in place
+                click.echo("rayagg: interrupted while starting", err=True)
                 sys.exit(130)
         click.echo(f"rayagg: done; metrics, plot and checkpoints in {run_dir}")
+
+
+def _load_run_config(config_module, config_path: Optional[str], resume_dir: Optional[str]):
+    """CONFIG, or RUN_DIR/config.yaml when resuming; a CONFIG given with --resume must agree
+    with the run's own config except where a resume may change it."""
+    from rayagg.rundir import check_resumable_config
+
+    if resume_dir is None:
+        return config_module.load_config(config_path)
+    stored = config_module.load_config(pathlib.Path(resume_dir) / "config.yaml")
+    if config_path is None:
+        return stored
+    given = config_module.load_config(config_path)
+    check_resumable_config(stored, given)
+    return given
+
+
+def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
+    how = ("the round in flight was abandoned" if stopped.abandoned
+           else "the round in flight was finished")
+    if stopped.checkpoint_round is None:
+        click.echo(f"rayagg: stopped by {stopped}; {how} before the first checkpoint: nothing to "
+                   f"resume (start again with --out {run_dir} --overwrite)", err=True)
+        return
+    click.echo(f"rayagg: stopped by {stopped}; {how}; the last complete checkpoint is round "
+               f"{stopped.checkpoint_round}; resume with: rayagg run --resume {run_dir}", err=True)
 
 
 @main.command()
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
 def status(run_dir: str) -> None:
     """Show a run's progress and what happened to its tree: the last checkpointed round,
-    dead nodes, who moved where and why (from RUN_DIR/state.json and events.parquet)."""
-    from rayagg.events import read_events
-    from rayagg.run import RunState
+    the rounds measured, dead nodes, who moved where and why (from RUN_DIR/state.json,
+    metrics.parquet and events.parquet; every file is verified)."""
+    from rayagg import rundir
+    from rayagg.metrics import read_metrics
 
     with _user_errors():
         path = pathlib.Path(run_dir)
-        state = RunState.load(path)
-        click.echo(f"last checkpointed round: {state.round}")
-        click.echo(f"dead nodes: {', '.join(state.dead) or 'none'}")
-        events = read_events(path / "events.parquet") if (path / "events.parquet").is_file() else []
+        if not rundir.holds_run(path):
+            raise RunDirError(rundir.missing_manifest(path))
+        if (path / rundir.STATE_FILE).is_file():
+            state = rundir.RunState.load(path)
+            click.echo(f"last checkpointed round: {state.round}")
+            click.echo(f"dead nodes: {', '.join(state.dead) or 'none'}")
+        else:
+            click.echo(f"no checkpoint: {rundir.missing_manifest(path)}")
+        if (path / "metrics.parquet").is_file():
+            measured = sorted({r.round for r in read_metrics(path / "metrics.parquet")})
+            click.echo(f"rounds measured: {measured[-1] if measured else 0}")
+        events = rundir.earlier_events(path)
         for event in events:
             when = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
             click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
@@ -112,11 +174,18 @@ def pretrain_autoencoder(config_path: str) -> None:
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 def check(config_path: str) -> None:
-    """Validate CONFIG and print the tree's shape, without loading data or starting Ray."""
+    """Validate CONFIG and print the tree's shape, without starting Ray.
+
+    Besides the file itself it builds each tier's model once (importing user factory
+    modules) and runs a forward and backward pass on a dummy batch of the data set's
+    shape, and checks the data set's files are where the config says.
+    """
+    from rayagg import preflight
     from rayagg.config import load_config
 
     with _user_errors():
         config = load_config(config_path)
+        preflight.check_inputs(config)
         for tier, count in zip(config.tree.tiers, config.tree.counts()):
             click.echo(f"{tier.name}: {count} x {tier.model}  {tier.resources.model_dump()}")
 

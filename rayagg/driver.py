@@ -11,10 +11,11 @@ from typing import Optional
 
 from rayagg import checkpoint
 from rayagg.data import Dataset
+from rayagg.errors import TrainingError
 from rayagg.events import Event
 from rayagg.node import NodeState
 from rayagg.plan import Plan, build_node, evaluation_split
-from rayagg.run import RunState
+from rayagg.rundir import RunState
 from rayagg.tree import Tree
 
 
@@ -30,26 +31,37 @@ class LocalRunner:
         self.dead: frozenset[str] = frozenset()  # no failures in one process
         self.events: list[Event] = []
         self.round_index = 0
+        self.checkpoint: Optional[RunState] = None
+        self.bridge_store: Optional[pathlib.Path] = None  # leaves encode again on resume
+
+    def connect(self) -> None:
+        """Nothing to connect to: everything runs in this process."""
 
     def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None) -> None:
-        """Builds every node (restored from RUN_DIR's checkpoints when resuming); each leaf
-        encodes once and its bridge samples go to every ancestor."""
+        """Builds every node (restored from the resumed checkpoint, where it has one); each
+        leaf encodes once and its bridge samples go to every ancestor."""
         self.nodes = {node: build_node(self.plan, node, self._dataset) for node in self.tree.nodes}
         if resume is not None:
-            self.round_index = resume.round
+            self.round_index, self.checkpoint = resume.round, resume
             for node, state in self.nodes.items():
-                state.load_state_dict(checkpoint.load(run_dir / "checkpoints" / f"{node}.pt"))
+                located = resume.located(node, run_dir)
+                if located is not None:
+                    state.load_state_dict(checkpoint.load(*located))
         for leaf in self.tree.nodes_of_tier(len(self.tree.tier_names) - 1):
             samples = self.nodes[leaf].encode()
             for holder in [leaf, *self.tree.ancestors(leaf)]:
                 self.nodes[holder].add_bridge_samples(samples)
 
     def train_round(self) -> None:
+        """Runs every pair once; TrainingError (a diverged node) names the round too."""
         self.round_index += 1
-        for child, parent in self.tree.pairs():
-            leaves = self.tree.leaves(child)
-            self.nodes[child].learn(leaves, self.nodes[parent].logits(leaves))
-            self.nodes[parent].learn(leaves, self.nodes[child].logits(leaves))
+        try:
+            for child, parent in self.tree.pairs():
+                leaves = self.tree.leaves(child)
+                self.nodes[child].learn(leaves, self.nodes[parent].logits(leaves))
+                self.nodes[parent].learn(leaves, self.nodes[child].logits(leaves))
+        except TrainingError as exc:
+            raise TrainingError(f"round {self.round_index}: {exc}") from exc
 
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
         """Returns node -> (accuracy, loss, seconds of training work this round)."""
@@ -60,9 +72,10 @@ class LocalRunner:
     def bridge_sample_counts(self) -> dict[str, int]:
         return {node: state.bridge_sample_count for node, state in self.nodes.items()}
 
-    def save_checkpoints(self, directory: pathlib.Path) -> None:
-        for node, state in self.nodes.items():
-            checkpoint.save(state.state_dict(), directory / f"{node}.pt")
+    def save_checkpoints(self, directory: pathlib.Path) -> dict[str, str]:
+        """Writes every node's checkpoint to ``directory``; returns node -> SHA-256."""
+        return {node: checkpoint.save(state.state_dict(), directory / f"{node}.pt")
+                for node, state in self.nodes.items()}
 
     def close(self) -> None:
         self.nodes = {}

@@ -6,7 +6,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from rayagg.files import read_sealed_rows, write_sealed_rows
 
 SCHEMA = pa.schema([("at", pa.float64()), ("monotonic_s", pa.float64()), ("round", pa.int32()),
                     ("kind", pa.string()), ("node", pa.string()), ("detail", pa.string())])
@@ -31,11 +32,9 @@ class Event:
 
 
 def write_events(events: list[Event], path: pathlib.Path) -> None:
-    table = pa.Table.from_pylist([asdict(e) for e in events], schema=SCHEMA)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_sealed_rows([asdict(e) for e in events], SCHEMA, path)
 
 
 def read_events(path: pathlib.Path) -> list[Event]:
-    return [Event(**row) for row in pq.read_table(path).to_pylist()]
+    """Reads events.parquet; CheckpointError naming the file if it is corrupt or foreign."""
+    return [Event(**row) for row in read_sealed_rows(path, "events file", SCHEMA)]

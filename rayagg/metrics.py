@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from rayagg.files import read_sealed_rows, write_sealed_rows
 
 SCHEMA = pa.schema([("round", pa.int32()), ("node", pa.string()), ("tier", pa.string()),
                     ("accuracy", pa.float64()), ("loss", pa.float64()), ("seconds", pa.float64()),
@@ -28,11 +29,13 @@ class NodeMetrics:
     round_s: float
 
 
-def write_parquet(records: list[NodeMetrics], path: pathlib.Path) -> None:
-    table = pa.Table.from_pylist([asdict(r) for r in records], schema=SCHEMA)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+def write_metrics(records: list[NodeMetrics], path: pathlib.Path) -> None:
+    write_sealed_rows([asdict(r) for r in records], SCHEMA, path)
+
+
+def read_metrics(path: pathlib.Path) -> list[NodeMetrics]:
+    """Reads metrics.parquet; CheckpointError naming the file if it is corrupt or foreign."""
+    return [NodeMetrics(**row) for row in read_sealed_rows(path, "metrics file", SCHEMA)]
 
 
 def tier_means(records: list[NodeMetrics], tier_names: list[str]) -> dict[str, float]:

@@ -1,111 +1,171 @@
-"""The round loop shared by both runtimes: train, evaluate, record, checkpoint, resume."""
+"""The round loop shared by both runtimes: train, evaluate, record, checkpoint, stop.
+
+Stopping (SIGINT, SIGTERM, or :meth:`StopSignals.request` from code): the first
+request lets the round in flight finish — training, scoring, metrics — checkpoints
+it, and stops; a second request stops at once and keeps the last complete
+checkpoint. Either way a checkpoint never mixes rounds (see ``rayagg.rundir``).
+"""
 from __future__ import annotations
 
-import json
+import contextlib
 import pathlib
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol
 
-import pyarrow.parquet as pq
-
-from rayagg.errors import CheckpointError
 from rayagg.events import Event, write_events
-from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_parquet
+from rayagg.files import file_sha256, write_atomic
+from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_metrics
+from rayagg.rundir import (RunState, check_new_run_dir, earlier_events, earlier_records,
+                           prune_checkpoints, round_directory)
 from rayagg.tree import Tree
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
     from rayagg.plan import Plan
 
 
-@dataclass(frozen=True)
-class RunState:
-    """What a resumed run needs besides the node checkpoints: the last finished round,
-    the tree as it was then (after any re-parenting) and the dead nodes."""
-
-    round: int
-    parent_of: dict
-    dead: list
-
-    def save(self, run_dir: pathlib.Path) -> None:
-        tmp = run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(run_dir / "state.json")
-
-    @classmethod
-    def load(cls, run_dir: pathlib.Path) -> "RunState":
-        path = run_dir / "state.json"
-        try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise CheckpointError(f"{run_dir} has no state.json: no checkpoint was written "
-                                  f"(nothing to resume)") from None
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path} is corrupt: {exc}") from exc
-
-    def tree(self, like: Tree) -> Tree:
-        return Tree(like.tier_names, like.tier_of, dict(self.parent_of))
-
-
 class Runner(Protocol):
-    """What a runtime offers the loop; see ``driver.LocalRunner`` and ``runtime.RayRunner``."""
+    """What a runtime offers the loop; see ``driver.LocalRunner`` and ``runtime.RayRunner``.
+
+    ``checkpoint`` is the manifest of the last complete checkpoint (set by ``start`` when
+    resuming and by the loop after each cut): restarted nodes are restored from it.
+    ``bridge_store`` is the durable bridge-sample file ``start`` wrote, if any.
+    """
 
     plan: Plan
     tree: Tree
     dead: frozenset
     events: list[Event]
     round_index: int
+    checkpoint: Optional[RunState]
+    bridge_store: Optional[pathlib.Path]
 
+    def connect(self) -> None: ...
     def start(self, run_dir: pathlib.Path, resume: Optional[RunState] = None) -> None: ...
     def train_round(self) -> None: ...
     def evaluate(self) -> dict[str, tuple[float, float, float]]: ...
     def bridge_sample_counts(self) -> dict[str, int]: ...
-    def save_checkpoints(self, directory: pathlib.Path) -> None: ...
+    def save_checkpoints(self, directory: pathlib.Path) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
+# ---------------------------------------------------------------------- stopping
+
+class Stopped(BaseException):
+    """The run stopped on request. A BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on the way swallows a stop raised by a signal handler.
+
+    ``abandoned``: the round in flight was dropped (second request) rather than finished
+    and checkpointed; ``checkpoint_round``: the round a resume continues after (None:
+    there is no checkpoint). The exit code is 128 + the signal number, as shells report
+    a process ended by that signal (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, abandoned: bool):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.abandoned = signum, abandoned
+        self.checkpoint_round: Optional[int] = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """Stop requests for one run, from SIGINT/SIGTERM or from code (tests, tools)."""
+
+    def __init__(self, echo: Callable[[str], None] = print):
+        self.signum: Optional[int] = None
+        self._echo = echo
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        """First request: stop after the round in flight. Second: raise :class:`Stopped` now."""
+        if self.signum is not None:
+            raise Stopped(signum, abandoned=True)
+        self.signum = signum
+        self._echo(f"rayagg: {signal.Signals(signum).name}: stopping after the round in flight "
+                   "is trained, scored and checkpointed; signal again to stop at once "
+                   "(the last complete checkpoint is kept)")
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """Routes SIGINT and SIGTERM to :meth:`request` (main thread only: Python allows
+        handlers nowhere else), restoring the previous handlers afterwards. Enter it after
+        ``ray.init``, which installs a SIGTERM handler of its own that exits at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, lambda signum, frame: self.request(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------- the loop
+
 def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] = print,
-            resume: bool = False) -> list[NodeMetrics]:
+            resume: Optional[RunState] = None, stop: Optional[StopSignals] = None) -> list[NodeMetrics]:
     """Runs rounds up to the plan's ``training.rounds`` and writes RUN_DIR's files.
 
-    RUN_DIR gets config.yaml (the resolved config) first; metrics.parquet and
-    events.parquet after every round (so a crash keeps what was measured);
-    checkpoints/ and state.json every ``supervision.checkpoint_every`` rounds, at the
-    end, and on Ctrl-C; accuracy.png at the end. ``resume`` continues the run in
-    ``out_dir`` after its last checkpoint. Returns every round's metrics. The runner is
-    closed whatever happens.
+    A new run needs a new or empty ``out_dir`` (RunDirError otherwise; see
+    ``rundir.check_new_run_dir``); ``resume`` — the manifest ``rundir.load_for_resume``
+    verified — continues the run in ``out_dir`` after its last checkpoint. RUN_DIR gets
+    config.yaml (the resolved config); metrics.parquet and events.parquet after every
+    round (so a crash keeps what was measured); a checkpoint once the bridge samples are
+    stored (round 0), every ``supervision.checkpoint_every`` rounds, at the end and when
+    stopped; accuracy.png at the end or when stopped. Returns every round's metrics;
+    raises :class:`Stopped` when stopped. The runner is closed whatever happens.
     """
     config = runner.plan.config  # one source of truth: what the nodes were built from
+    stop = stop or StopSignals(echo)
+    if resume is None:
+        check_new_run_dir(out_dir)
+        records: list[NodeMetrics] = []
+    else:
+        records = earlier_records(out_dir, resume.round)
+        runner.events[:0] = earlier_events(out_dir)  # the run's history is kept, not replaced
+    shown = len(runner.events)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState.load(out_dir) if resume else None
-    records = _earlier_records(out_dir, state.round) if state else []
-    (out_dir / "config.yaml").write_text(config.to_yaml())
-    tier_names = list(runner.tree.tier_names)
-    rounds, shown = config.training.rounds, 0
-    finished = state.round if state else 0
+    write_atomic(out_dir / "config.yaml", config.to_yaml().encode())
+    tier_names, rounds = list(runner.tree.tier_names), config.training.rounds
     try:
-        runner.start(out_dir, state)
-        if state:
-            runner.events.append(Event.now(state.round, "resume", "", f"resumed after round {state.round}"))
-        for round_index in range(runner.round_index + 1, rounds + 1):
-            started = time.perf_counter()
-            runner.train_round()
-            round_s = time.perf_counter() - started
-            this_round = [NodeMetrics(round_index, node, runner.tree.tier_name(node), acc, loss,
-                                      work_s, round_s)
-                          for node, (acc, loss, work_s) in runner.evaluate().items()]
-            records += this_round
-            write_parquet(records, out_dir / "metrics.parquet")
-            shown = _report_events(runner, out_dir, echo, shown)
-            echo(summary_line(round_index, rounds, this_round, tier_names))
-            finished = round_index
-            if round_index % config.supervision.checkpoint_every == 0 or round_index == rounds:
-                _checkpoint(runner, out_dir, round_index)
-        plot_accuracy(records, tier_names, out_dir / "accuracy.png", runner.events)
-    except KeyboardInterrupt:
-        # The models are saved as they are; a resumed run redoes the interrupted round.
-        echo("rayagg: interrupted; writing a final checkpoint (resume with --resume)")
-        _checkpoint(runner, out_dir, finished)
+        runner.connect()
+        with stop.handling_signals():
+            runner.start(out_dir, resume)
+            if resume is None:
+                _checkpoint(runner, out_dir, 0)
+            else:
+                runner.events.append(Event.now(resume.round, "resume", "", f"resumed after round {resume.round}"))
+            for round_index in range(runner.round_index + 1, rounds + 1):
+                if stop.requested:
+                    break
+                started = time.perf_counter()
+                runner.train_round()
+                round_s = time.perf_counter() - started
+                this_round = [NodeMetrics(round_index, node, runner.tree.tier_name(node), acc, loss,
+                                          work_s, round_s)
+                              for node, (acc, loss, work_s) in runner.evaluate().items()]
+                records += this_round
+                write_metrics(records, out_dir / "metrics.parquet")
+                shown = _report_events(runner, out_dir, echo, shown)
+                echo(summary_line(round_index, rounds, this_round, tier_names))
+                due = round_index % config.supervision.checkpoint_every == 0 or round_index == rounds
+                if due or stop.requested:
+                    _checkpoint(runner, out_dir, round_index)
+            if records:
+                plot_accuracy(records, tier_names, out_dir / "accuracy.png", runner.events)
+            if stop.requested:
+                raise Stopped(stop.signum, abandoned=False)
+    except Stopped as stopped:
+        stopped.checkpoint_round = runner.checkpoint.round if runner.checkpoint else None
         raise
     finally:
         _report_events(runner, out_dir, echo, shown)
@@ -114,11 +174,32 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
 
 
 def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None:
-    """Node checkpoints first, state.json last: a state file always has its checkpoints."""
-    if round_index < 1:
-        return
-    runner.save_checkpoints(out_dir / "checkpoints")
-    RunState(round_index, dict(runner.tree.parent_of), sorted(runner.dead)).save(out_dir)
+    """Writes a consistent cut of ``round_index`` and commits it by replacing state.json.
+
+    The loop calls this only between rounds, when no node has work queued, so every file
+    holds that round's state. Dead nodes keep the checkpoint from before they died.
+    """
+    previous = runner.checkpoint
+    checkpoints: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    if previous is not None:
+        for node in runner.dead:
+            if node in previous.checkpoints:
+                relative = previous.checkpoints[node]
+                checkpoints[node], digests[relative] = relative, previous.digests[relative]
+    if round_index > 0:
+        directory = round_directory(out_dir, round_index)
+        for node, digest in runner.save_checkpoints(directory).items():
+            relative = str((directory / f"{node}.pt").relative_to(out_dir))
+            checkpoints[node], digests[relative] = relative, digest
+    if runner.bridge_store is not None:
+        relative = str(runner.bridge_store.resolve().relative_to(out_dir.resolve()))
+        known = previous.digests.get(relative) if previous else None
+        digests[relative] = known or file_sha256(runner.bridge_store)
+    state = RunState(round_index, dict(runner.tree.parent_of), sorted(runner.dead), checkpoints, digests)
+    state.save(out_dir)
+    runner.checkpoint = state
+    prune_checkpoints(out_dir, state)
 
 
 def _report_events(runner: Runner, out_dir: pathlib.Path, echo, shown: int) -> int:
@@ -127,11 +208,3 @@ def _report_events(runner: Runner, out_dir: pathlib.Path, echo, shown: int) -> i
     if runner.events:
         write_events(runner.events, out_dir / "events.parquet")
     return len(runner.events)
-
-
-def _earlier_records(out_dir: pathlib.Path, last_round: int) -> list[NodeMetrics]:
-    path = out_dir / "metrics.parquet"
-    if not path.is_file():
-        return []
-    rows = pq.read_table(path).to_pylist()
-    return [NodeMetrics(**row) for row in rows if row["round"] <= last_round]

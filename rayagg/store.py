@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 from collections import Counter
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from rayagg.files import read_parquet, write_parquet_atomic
 from rayagg.errors import CheckpointError
 from rayagg.node import BridgeSamples
 
@@ -73,26 +72,21 @@ def write_bridge_samples(samples: Iterable[BridgeSamples], path: pathlib.Path) -
         _SHAPE_KEY: json.dumps(list(shape)).encode(),
         _COUNTS_KEY: json.dumps(counts).encode(),  # dict order = device order for readers
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is atomic: readers see the old file or the whole new one.
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Readers see the old file or the whole new one (the manifest's SHA-256 covers it).
+    write_parquet_atomic(table, path)
     return table.num_rows
 
 
-def read_bridge_samples(path: pathlib.Path, *,
-                        expected_counts: Optional[Mapping[str, int]] = None) -> list[BridgeSamples]:
+def read_bridge_samples(path: pathlib.Path, *, expected_counts: Optional[Mapping[str, int]] = None,
+                        sha256: Optional[str] = None) -> list[BridgeSamples]:
     """Reads a store written by :func:`write_bridge_samples`.
 
     Returns one BridgeSamples per device, in the order written, rows ordered by sample
     index, codes float32 of the stored shape, labels int64. Raises CheckpointError naming
     ``path`` if the file is missing, unreadable, of a different schema or format version,
-    incomplete (row counts or sample indices disagree with its metadata), or if
-    ``expected_counts`` is given and the devices or their counts differ.
+    incomplete (row counts or sample indices disagree with its metadata), if
+    ``expected_counts`` is given and the devices or their counts differ, or if ``sha256``
+    is given and the file's digest differs.
     """
     path = pathlib.Path(path)
 
@@ -101,10 +95,7 @@ def read_bridge_samples(path: pathlib.Path, *,
 
     if not path.is_file():
         raise fail("file not found")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for bad bytes
-        raise fail(f"not readable Parquet (truncated or corrupt): {exc}") from exc
+    table = read_parquet(path, "bridge-sample store", sha256)
 
     schema = table.schema
     if set(schema.names) != set(_COLUMNS) or len(schema.names) != len(_COLUMNS):

@@ -1,5 +1,8 @@
 """Shared fixtures: the tiny config with a private autoencoder cache, its data and plan."""
 import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -16,6 +19,18 @@ def tiny_config(tmp_path_factory):
     raw["training"]["rounds"] = 2
     raw["autoencoder"]["cache_dir"] = str(tmp_path_factory.mktemp("autoencoder-cache"))
     return parse_config(raw)
+
+
+@pytest.fixture(scope="session")
+def quick_config(tiny_config):
+    """The tiny tree with a CNN cloud and fewer samples, 3 rounds: a round of the in-process
+    driver takes well under a second. Checkpoints every 2 rounds, so a stop must also
+    write the checkpoints that are not due."""
+    return tiny_config.with_changes(
+        data={"train_samples": 160, "test_samples": 100},
+        training={"rounds": 3},
+        supervision={"checkpoint_every": 2},
+        tree={"tiers": [{**tier.model_dump(), "model": "cnn"} for tier in tiny_config.tree.tiers]})
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +58,24 @@ def ray_session():
     yield
     ray.shutdown()
 
+
+
+def signal_a_run(argv, out, signals, gap_s=0.2, timeout_s=240):
+    """Starts `rayagg ARGV` writing to ``out``, waits until it has committed its round-0
+    checkpoint (training has begun), sends ``signals`` ``gap_s`` apart and returns
+    (exit code, output)."""
+    rayagg = pathlib.Path(sys.executable).parent / "rayagg"
+    process = subprocess.Popen([str(rayagg), *map(str, argv)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (out / "state.json").is_file():
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.1)
+        for signum in signals:
+            process.send_signal(signum)
+            time.sleep(gap_s)
+        output, _ = process.communicate(timeout=timeout_s)
+    finally:
+        process.kill()
+    return process.returncode, output

@@ -1,12 +1,21 @@
 """The command line: help, validation errors without tracebacks, status, a local run."""
 import pathlib
+import shutil
+import signal
+import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import signal_a_run
 
+from rayagg import store
 from rayagg.cli import main
 from rayagg.events import Event, write_events
-from rayagg.run import RunState
+from rayagg.files import file_sha256
+from rayagg.node import BridgeSamples
+from rayagg.plan import make_plan
+from rayagg.rundir import RunState
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -51,9 +60,16 @@ def test_status_shows_moves_and_dead_nodes(tmp_path):
     assert "device-2 moved edge-1 -> edge-0" in result.output
 
 
-def test_status_of_a_run_without_checkpoint(tmp_path):
+def test_status_of_a_directory_that_is_no_run(tmp_path):
     result = invoke("status", tmp_path)
-    assert result.exit_code == 2 and "no state.json" in result.output
+    assert result.exit_code == 2 and "not a rayagg run directory" in result.output
+
+
+def test_status_of_a_run_stopped_before_its_first_checkpoint(tmp_path):
+    (tmp_path / "config.yaml").write_text("name: tiny\n")
+    result = invoke("status", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "no checkpoint" in result.output and "before its first checkpoint" in result.output
 
 
 def test_local_run_writes_the_run_directory(tiny_config, tiny_plan, tmp_path):
@@ -64,3 +80,161 @@ def test_local_run_writes_the_run_directory(tiny_config, tiny_plan, tmp_path):
     assert "round 1/1  cloud" in result.output
     for name in ("metrics.parquet", "accuracy.png", "config.yaml", "state.json"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+# ------------------------------------------------------------------ run directories, resume
+
+@pytest.fixture(scope="module")
+def finished_run(quick_config, tiny_dataset, tmp_path_factory):
+    """A finished 2-round in-process run made through the CLI, with a bridge-sample store
+    added to its manifest (a Ray run writes one; the in-process driver does not)."""
+    folder = tmp_path_factory.mktemp("finished")
+    config = folder / "quick.yaml"
+    config.write_text(quick_config.to_yaml())
+    result = invoke("run", config, "--local", "--rounds", "2", "--out", folder / "run")
+    assert result.exit_code == 0, result.output
+    run = folder / "run"
+    bridge = store.store_path(run, "cloud-0")
+    shards = make_plan(quick_config, tiny_dataset).shards
+    store.write_bridge_samples([BridgeSamples(leaf, np.zeros((len(shard), 4, 7, 7), np.float32),
+                                              np.zeros(len(shard), np.int64))
+                                for leaf, shard in shards.items()], bridge)
+    state = RunState.load(run)
+    relative = str(bridge.relative_to(run))
+    RunState(state.round, state.parent_of, state.dead, state.checkpoints,
+             {**state.digests, relative: file_sha256(bridge)}).save(run)
+    return config, run
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    config, run = finished_run
+    shutil.copytree(run, tmp_path / "run")
+    return config, tmp_path / "run"
+
+
+def resume(run, *args):
+    """`rayagg run --resume RUN --rounds 3`: must fail before any file changes or Ray starts."""
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    started = time.monotonic()
+    result = invoke("run", "--resume", run, "--rounds", "3", *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert time.monotonic() - started < 30  # no Ray, no actors
+    return result.output
+
+
+def test_out_onto_a_run_is_an_error_and_changes_nothing(run_copy):
+    config, run = run_copy
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = invoke("run", config, "--local", "--out", run)
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert "--resume" in result.output and "--overwrite" in result.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_clears_the_old_run_first(run_copy):
+    config, run = run_copy
+    write_events([Event.now(1, "declare_dead", "edge-0", "old run's event")], run / "events.parquet")
+    result = invoke("run", config, "--local", "--rounds", "1", "--out", run, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (run / "events.parquet").exists() and RunState.load(run).round == 1
+    assert "old run's event" not in invoke("status", run).output
+
+
+def test_out_under_a_file_is_a_clear_error(quick_config, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    config = tmp_path / "quick.yaml"
+    config.write_text(quick_config.to_yaml())
+    result = invoke("run", config, "--local", "--out", tmp_path / "afile" / "sub")
+    assert result.exit_code == 2 and "is a file" in result.output and "Traceback" not in result.output
+
+
+def test_resume_of_a_finished_run_says_so(finished_run):
+    _, run = finished_run
+    result = invoke("run", "--resume", run)
+    assert result.exit_code == 2 and "already finished round 2 of 2" in result.output
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_damaged_checkpoint_fails_the_resume_before_anything_starts(run_copy, damage):
+    _, run = run_copy
+    path = next(iter(sorted((run / "checkpoints").rglob("*.pt"))))
+    data = bytearray(path.read_bytes())
+    if damage == "flip a byte":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    assert f"{path} is corrupt" in resume(run)
+
+
+def test_a_flipped_byte_in_the_bridge_store_fails_the_resume(run_copy):
+    _, run = run_copy
+    path = store.store_path(run, "cloud-0")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert f"{path} is corrupt" in resume(run)
+
+
+def test_a_deleted_manifest_is_named_not_mistaken_for_no_checkpoint(run_copy):
+    _, run = run_copy
+    (run / "state.json").unlink()
+    output = resume(run)
+    assert "state.json is missing although" in output and "checkpoint file" in output
+
+
+@pytest.mark.parametrize("name", ["state.json", "metrics.parquet", "events.parquet"])
+def test_a_corrupt_run_file_is_an_error_naming_it(run_copy, name):
+    _, run = run_copy
+    if name == "events.parquet":
+        write_events([Event.now(1, "declare_dead", "edge-0", "x")], run / name)
+    path = run / name
+    data = bytearray(path.read_bytes())
+    # A byte the reader uses: inside the rows (Parquet) or the JSON.
+    marker = {"state.json": b'"round"', "metrics.parquet": b"cloud-0",
+              "events.parquet": b"declare_dead"}[name]
+    data[data.index(marker) + 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert str(path) in resume(run)
+    result = invoke("status", run)
+    assert result.exit_code == 2 and str(path) in result.output and "Traceback" not in result.output
+
+
+def test_a_resume_with_another_tree_is_refused(run_copy, tmp_path):
+    config, run = run_copy
+    other = tmp_path / "other.yaml"
+    other.write_text(config.read_text().replace("model: cnn", "model: resnet10", 1))
+    assert "differs from the run's config.yaml in tree" in resume(run, other)
+
+
+def test_an_address_where_nothing_listens_fails_fast_naming_it(quick_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what the CLI sets for --address, undone after
+    config = tmp_path / "quick.yaml"
+    config.write_text(quick_config.to_yaml())
+    started = time.monotonic()
+    result = invoke("run", config, "--address", "127.0.0.1:1", "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in result.output
+    assert time.monotonic() - started < 30
+
+
+def test_a_second_sigint_stops_at_once(quick_config, tmp_path):
+    """Real signals to a real run (the in-process driver, so no Ray is needed): the first
+    SIGINT asks for a stop after the round in flight, the second abandons it at once."""
+    config, out = tmp_path / "quick.yaml", tmp_path / "run"
+    config.write_text(quick_config.with_rounds(50).to_yaml())
+    code, output = signal_a_run(["run", config, "--local", "--out", out], out,
+                                [signal.SIGINT, signal.SIGINT])
+    assert code == 130, output
+    assert "the round in flight was abandoned" in output and "Traceback" not in output
+    assert RunState.load(out).round < 50
+
+
+def test_a_diverging_run_stops_naming_the_node_and_the_round(quick_config, tmp_path):
+    config = tmp_path / "quick.yaml"
+    config.write_text(quick_config.with_changes(training={"lr": 1e30}).to_yaml())
+    result = invoke("run", config, "--local", "--rounds", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "round 1: device-0:" in result.output and "lower training.lr" in result.output

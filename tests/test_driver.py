@@ -52,7 +52,7 @@ def test_metrics_checkpoints_and_plot_are_written(local_run, tiny_plan, tiny_con
     assert {row["tier"] for row in table} == {"cloud", "edge", "device"}
     assert (out / "accuracy.png").stat().st_size > 1000
     assert (out / "config.yaml").read_text().startswith("name: tiny")
-    assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt")) == sorted(tiny_plan.tree.nodes)
+    assert sorted(p.stem for p in (out / "checkpoints").glob("round-*/*.pt")) == sorted(tiny_plan.tree.nodes)
 
 
 def test_the_cloud_learns(local_run):

@@ -1,17 +1,21 @@
 """The tiny tree on a local Ray: one actor per node, bridge samples, wire, metrics,
 agreement with the in-process driver, and failing fast on impossible resources."""
+import signal
 import time
 
 import pytest
-import ray
 import torch
+from conftest import signal_a_run
 from ray.util.state import list_actors
 
+from rayagg import rundir
 from rayagg.config import parse_config
 from rayagg.driver import LocalRunner
-from rayagg.errors import ResourceError
+from rayagg.errors import NodeError, ResourceError
 from rayagg.plan import make_plan
+from rayagg.metrics import read_metrics
 from rayagg.run import execute
+from rayagg.rundir import RunState
 from rayagg.runtime import RayRunner
 
 
@@ -115,3 +119,42 @@ def test_impossible_request_fails_in_seconds(ray_session, tiny_config, tiny_plan
         RayRunner(plan).start()
     assert time.monotonic() - started < 10
     assert "tier 'cloud'" in str(info.value) and "'GPU': 1" in str(info.value)
+
+
+def test_sigterm_mid_round_then_resume_equals_the_uninterrupted_run(ray_run, tiny_config, tiny_plan,
+                                                                    tmp_path):
+    """A real SIGTERM to a real `rayagg run` while round 1 trains: the round finishes and is
+    checkpointed (no round is trained twice, none half), the exit code is 143, and a
+    resume reproduces the uninterrupted run (the ray_run fixture) exactly."""
+    _, uninterrupted, _ = ray_run
+    config, out = tmp_path / "tiny.yaml", tmp_path / "run"
+    config.write_text(tiny_config.to_yaml())  # its autoencoder cache is the test session's
+    code, output = signal_a_run(["run", config, "--out", out], out, [signal.SIGTERM])
+    assert code == 143, output
+    assert "stopping after the round in flight" in output and "Traceback" not in output
+    assert "*** SIGTERM received" not in output  # Ray's own handler would have aborted
+    state = rundir.load_for_resume(out, tiny_plan) if RunState.load(out).round < 2 else None
+    assert RunState.load(out).round >= 1
+    if state is not None:
+        execute(RayRunner(tiny_plan), out, echo=lambda line: None, resume=state)
+    resumed = read_metrics(out / "metrics.parquet")
+    assert sorted((r.round, r.node, r.accuracy, r.loss) for r in resumed) == \
+        sorted((r.round, r.node, r.accuracy, r.loss) for r in uninterrupted)
+
+
+def test_an_actor_that_fails_to_start_reports_its_own_exception(ray_session, tiny_config):
+    """`os:getcwd` passes the name check but cannot build a model: the actor's constructor
+    raises, and the error must carry that cause, not Ray's bare ActorDiedError."""
+    raw = tiny_config.model_dump()
+    cloud, _, device = raw["tree"]["tiers"]
+    device.update(fanout=1, model="os:getcwd")
+    raw["tree"]["tiers"] = [cloud, device]  # two actors are enough
+    with pytest.raises(NodeError) as info:
+        runner = RayRunner(make_plan(parse_config(raw)))
+        try:
+            runner.start()
+        finally:
+            runner.close()
+    message = str(info.value)
+    assert info.value.node == "device-0" and "start failed" in message
+    assert "getcwd" in message and "ActorDiedError" not in message

@@ -161,3 +161,20 @@ def test_duplicate_sample_index(stored):
 def test_expected_counts_mismatch(stored, expected, named):
     with pytest.raises(CheckpointError, match=named):
         read_bridge_samples(stored, expected_counts=expected)
+
+
+def test_a_digest_that_differs_is_refused(stored):
+    from rayagg.files import file_sha256
+
+    assert len(read_bridge_samples(stored, sha256=file_sha256(stored))) == 3
+    with pytest.raises(CheckpointError, match=re.escape(f"{stored} is corrupt")):
+        read_bridge_samples(stored, sha256="0" * 64)
+
+
+def test_a_flipped_byte_is_caught_even_without_a_digest(stored):
+    # Page checksums: a flip inside the code column's data page, which still parses.
+    data = bytearray(stored.read_bytes())
+    data[200] ^= 0x01
+    stored.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="bridge-sample store"):
+        read_bridge_samples(stored)

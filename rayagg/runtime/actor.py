@@ -12,7 +12,7 @@ import pathlib
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import ray
@@ -34,7 +34,18 @@ class NodeActor:
     children with it (actors made inside an actor die with their creator)."""
 
     def __init__(self, plan: Plan, name: str):
-        resources = plan.tier(name).resources
+        self._name = name
+        self._wire: Counter[tuple] = Counter()
+        # A constructor that raises leaves the driver only "ActorDiedError", the cause
+        # buried in the actor's log; kept here, ``ready`` raises it where the driver sees it.
+        self._start_error: Optional[BaseException] = None
+        try:
+            self._build(plan)
+        except Exception as exc:
+            self._start_error = exc
+
+    def _build(self, plan: Plan) -> None:
+        resources = plan.tier(self._name).resources
         if resources.num_gpus == 0:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
             # them see every GPU of the machine; hide them before CUDA initialises.
@@ -43,10 +54,8 @@ class NodeActor:
         use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
         self._device = torch.device("cuda" if use_cuda else "cpu")
         dataset = load_data(plan.config)
-        self._state = build_node(plan, name, dataset, self._device)
+        self._state = build_node(plan, self._name, dataset, self._device)
         self._test = evaluation_split(plan, dataset)
-        self._name = name
-        self._wire: Counter[tuple] = Counter()
 
     def start_heartbeats(self, supervisor: Any, interval_s: float) -> None:
         """Sends ``supervisor.heartbeat`` every ``interval_s`` from a daemon thread.
@@ -66,7 +75,10 @@ class NodeActor:
         threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
 
     def ready(self) -> dict[str, Any]:
-        """Where this actor runs and with what: for the runner's start-up check and tests."""
+        """Where this actor runs and with what: for the runner's start-up check and tests.
+        Raises the constructor's exception if building the node failed."""
+        if self._start_error is not None:
+            raise self._start_error
         context = ray.get_runtime_context()
         return {"node": self._name, "pid": os.getpid(), "ray_node_id": context.get_node_id(),
                 "torch_threads": torch.get_num_threads(), "device": str(self._device),
@@ -108,14 +120,14 @@ class NodeActor:
         return self._state.bridge_sample_count
 
     def save_checkpoint(self, path: str) -> str:
-        """Writes this node's model and optimizer to ``path`` on the actor's machine."""
-        checkpoint.save(self._state.state_dict(), pathlib.Path(path))
-        return path
+        """Writes this node's model, optimizer and shuffling state to ``path`` on the actor's
+        machine; returns the file's SHA-256 (for the run's manifest)."""
+        return checkpoint.save(self._state.state_dict(), pathlib.Path(path))
 
-    def load_checkpoint(self, path: str) -> str:
+    def load_checkpoint(self, path: str, sha256: Optional[str] = None) -> str:
         """Restores model, optimizer and shuffling state from ``path`` (CheckpointError if
-        it is missing or corrupt)."""
-        self._state.load_state_dict(checkpoint.load(pathlib.Path(path)))
+        it is missing, corrupt or not the file with ``sha256``)."""
+        self._state.load_state_dict(checkpoint.load(pathlib.Path(path), sha256))
         return path
 
     def wire_log(self) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -32,14 +33,19 @@ from ray import exceptions as ray_errors
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayagg import store
-from rayagg.errors import NodeDiedError, NodeError, NodeTimeoutError, RecoveryError
+from rayagg.errors import ClusterError, NodeDiedError, NodeError, NodeTimeoutError, RayaggError, RecoveryError
 from rayagg.events import Event
 from rayagg.plan import Plan
-from rayagg.run import RunState
+from rayagg.rundir import RunState
 from rayagg.runtime.actor import NodeActor
 from rayagg.runtime.resources import ClusterNode, actor_options, check_cluster, ray_request
 from rayagg.runtime.supervisor import SupervisorActor
 from rayagg.supervision import DeclareDead, DropLeaf, Policy, Rejoin, Reparent, Restart
+
+
+# How long joining a cluster by address may take to reach the head before it is an error:
+# ray.init itself retries an unreachable address for minutes.
+CONNECT_TIMEOUT_S = 10.0
 
 
 def connect(address: Optional[str]) -> bool:
@@ -48,6 +54,8 @@ def connect(address: Optional[str]) -> bool:
     Ray 2.60 enables token auth by default; a client joining by address needs
     RAY_AUTH_MODE=token in its environment before ``import ray``: the CLI sets it
     before it imports this module. Joins an already initialised Ray session as is.
+    Raises ClusterError naming the address when nothing answers there within
+    CONNECT_TIMEOUT_S or Ray refuses to join.
     """
     if ray.is_initialized():
         return False
@@ -55,8 +63,28 @@ def connect(address: Optional[str]) -> bool:
         # "local" starts a new Ray even where another one runs on this machine.
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
         return True
-    ray.init(address=address, logging_level="WARNING")
+    _probe(address)
+    try:
+        ray.init(address=address, logging_level="WARNING")
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from ray.init
+        raise ClusterError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
     return False
+
+
+def _probe(address: str) -> None:
+    """Fails fast when nothing listens at ``address`` (host:port, or ray://host:port);
+    'auto' is left to ray.init, which fails at once when it finds no cluster."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r} within "
+                           f"{CONNECT_TIMEOUT_S:g} s: {exc} (is `ray start --head` running there, "
+                           "and is the port open to this machine?)") from exc
 
 
 class RayRunner:
@@ -77,20 +105,31 @@ class RayRunner:
         self.actors: dict[str, Any] = {}
         self.bridge_refs: dict[str, Any] = {}  # leaf -> ref of its BridgeSamples, owned here
         self._held: dict[str, set[str]] = {}  # node -> leaves whose samples it holds
-        self._checkpoint_dir: Optional[pathlib.Path] = None
+        self.checkpoint: Optional[RunState] = None  # the last complete cut: restores read it
+        self.bridge_store: Optional[pathlib.Path] = None
+        self._run_dir: Optional[pathlib.Path] = None
         self._started_ray = False
+        self._connected = False
 
     # ---------------------------------------------------------------- lifecycle
+
+    def connect(self) -> None:
+        """Starts or joins Ray (see :func:`connect`); ``start`` does it if not done yet."""
+        if not self._connected:
+            self._started_ray = connect(self._address)
+            self._connected = True
 
     def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None) -> None:
         """Checks resources, creates the supervisor and every live node actor, and sends the
         bridge samples up the tree. A fresh run has the leaves encode and persists the
-        samples to RUN_DIR/bridge/; a resumed run reads them back from there (no device
-        needs to encode again) and restores every node from its checkpoint."""
-        self._checkpoint_dir = (run_dir / "checkpoints").resolve() if run_dir else None
+        samples to RUN_DIR/bridge/; a resumed run reads them back from there (verified
+        against the manifest; no device needs to encode again) and restores every node
+        that has a checkpoint."""
+        self._run_dir = pathlib.Path(run_dir).resolve() if run_dir else None
         if resume is not None:
             self.tree, self.dead, self.round_index = resume.tree(self.tree), frozenset(resume.dead), resume.round
-        self._started_ray = connect(self._address)
+            self.checkpoint = resume
+        self.connect()
         check_cluster(self.plan.config, _cluster_nodes(), autoscaling=self._runtime.autoscaling)
         self._plan_ref = ray.put(self.plan)
         self.supervisor = SupervisorActor.options(
@@ -100,13 +139,24 @@ class RayRunner:
         for node in live:
             self._create(node)
         self.placement = self._wait_started(live)
-        if resume is None:
-            self._encode_leaves(run_dir)
+        stored = self._stored_bridge_samples(resume)
+        if stored is None:
+            self._encode_leaves(self._run_dir)
         else:
-            self._read_bridge_samples(run_dir)
-            for node in live:
+            self._read_bridge_samples(*stored)
+        for node in live:
+            if resume is not None and node in resume.checkpoints:
                 self._restore(node)
         self._sync_bridge_samples()
+
+    def _stored_bridge_samples(self, resume: Optional[RunState]) -> Optional[tuple[pathlib.Path, str]]:
+        """(path, SHA-256) of the bridge-sample store a resumed run reads, or None: a fresh
+        run, or one whose checkpoint lists no store (made with --local), encodes anew."""
+        if resume is None or self._run_dir is None:
+            return None
+        path = store.store_path(self._run_dir, self.tree.root)
+        digest = resume.digests.get(str(path.relative_to(self._run_dir)))
+        return None if digest is None else (path, digest)
 
     def _encode_leaves(self, run_dir: Optional[pathlib.Path]) -> None:
         leaves = [n for n in self.tree.nodes if self.tree.is_leaf(n)]
@@ -115,14 +165,15 @@ class RayRunner:
         if run_dir is not None:
             samples = self._await([(leaf, "encode", ref) for leaf, ref in self.bridge_refs.items()],
                                   self._runtime.round_timeout_s)
-            store.write_bridge_samples(samples, store.store_path(run_dir, self.tree.root))
+            self.bridge_store = store.store_path(run_dir, self.tree.root)
+            store.write_bridge_samples(samples, self.bridge_store)
 
-    def _read_bridge_samples(self, run_dir: pathlib.Path) -> None:
+    def _read_bridge_samples(self, path: pathlib.Path, sha256: str) -> None:
         """The durable copy replaces the devices: the driver puts (and so owns) each leaf's
         samples again."""
         expected = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}
-        samples = store.read_bridge_samples(store.store_path(run_dir, self.tree.root),
-                                            expected_counts=expected)
+        samples = store.read_bridge_samples(path, expected_counts=expected, sha256=sha256)
+        self.bridge_store = path
         self.bridge_refs = {item.leaf: ray.put(item) for item in samples}
         self._held = {}
 
@@ -233,11 +284,11 @@ class RayRunner:
     def wire_logs(self) -> dict[str, list[dict[str, Any]]]:
         return self._call_live("wire_log")
 
-    def save_checkpoints(self, directory: pathlib.Path) -> None:
-        """Each live actor writes its own checkpoint (RUN_DIR must be shared storage on a
-        cluster)."""
+    def save_checkpoints(self, directory: pathlib.Path) -> dict[str, str]:
+        """Each live actor writes its own checkpoint to ``directory`` (RUN_DIR must be shared
+        storage on a cluster); returns node -> the file's SHA-256."""
         directory = directory.resolve()
-        self._call_live("save_checkpoint", lambda node: (str(directory / f"{node}.pt"),))
+        return self._call_live("save_checkpoint", lambda node: (str(directory / f"{node}.pt"),))
 
     def _call_live(self, method: str, args=lambda node: ()) -> dict[str, Any]:
         live = [n for n in self.tree.nodes if n not in self.dead]
@@ -287,11 +338,13 @@ class RayRunner:
         self._held[node] = set()
 
     def _restore(self, node: str) -> None:
-        path = self._checkpoint_dir / f"{node}.pt" if self._checkpoint_dir else None
-        if path is None or not path.is_file():
+        """Restores ``node`` from the last complete checkpoint (verified by its SHA-256)."""
+        located = self.checkpoint.located(node, self._run_dir) if self.checkpoint and self._run_dir else None
+        if located is None:
             self._event("restart_fresh", node, f"{node} has no checkpoint yet: it starts from scratch")
             return
-        self._await([(node, "load_checkpoint", self.actors[node].load_checkpoint.remote(str(path)))],
+        path, digest = located
+        self._await([(node, "load_checkpoint", self.actors[node].load_checkpoint.remote(str(path), digest))],
                     self._runtime.startup_timeout_s)
 
     def _event(self, kind: str, node: str, detail: str) -> None:
@@ -331,7 +384,8 @@ class RayRunner:
             death = exc
         except ray_errors.RayTaskError as exc:
             if not isinstance(exc.cause, ray_errors.RayActorError):
-                raise NodeError(node, f"{call} failed: {exc.cause!r}") from exc
+                raise NodeError(node, f"round {self.round_index}: {call} failed: "
+                                      f"{_describe(exc.cause, node)}") from exc
             death = exc.cause
         settled.failed.append((node, call))
         # A call that only depended on a dead node's result fails with that node's error:
@@ -379,7 +433,15 @@ def _get(ref: Any, node: str, call: str) -> Any:
     except ray_errors.RayActorError as exc:
         raise NodeDiedError(node, f"died during {call}: {type(exc).__name__}") from exc
     except ray_errors.RayTaskError as exc:
-        raise NodeError(node, f"{call} failed: {exc.cause!r}") from exc
+        raise NodeError(node, f"{call} failed: {_describe(exc.cause, node)}") from exc
+
+
+def _describe(cause: BaseException, node: str) -> str:
+    """An exception from inside ``node``'s actor, for a message that already names the node:
+    ours as written (less a leading node name), others with their type."""
+    if isinstance(cause, RayaggError):
+        return str(cause).removeprefix(f"{node}: ")
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _kill(actor: Any) -> None:

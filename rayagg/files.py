@@ -1,0 +1,131 @@
+"""Durable run files: atomic, synced writes and reads verified against a SHA-256.
+
+Every file a resume depends on (node checkpoints, the bridge-sample store) is listed
+with its SHA-256 in the run's manifest (``RUN_DIR/state.json``); readers pass the
+digest they expect, and a file whose bytes differ is a CheckpointError naming it, so a
+flipped byte or a truncated copy is never loaded silently. Parquet files are also
+written with page checksums, which catch flipped bytes where no digest is at hand
+(metrics, events).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayagg.errors import CheckpointError
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    """The SHA-256 of a file's bytes; CheckpointError naming the file if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}") from exc
+    return digest.hexdigest()
+
+
+def write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a synced temporary file and a rename, then syncs the
+    directory: a crash or kill at any moment leaves the old file or the whole new one."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: pathlib.Path) -> None:
+    """Makes a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verified_bytes(path: pathlib.Path, sha256: Optional[str], what: str = "file") -> bytes:
+    """Reads ``path``; raises CheckpointError naming it if it is missing or, when ``sha256``
+    is given, if its bytes do not have that digest (corrupt, truncated or replaced)."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what} {path} cannot be read: {exc}") from exc
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise CheckpointError(f"{what} {path} is corrupt: its SHA-256 differs from the one "
+                              f"recorded when it was written (truncated, altered or replaced)")
+    return data
+
+
+def write_sealed_rows(rows: list[dict], schema: pa.Schema, path: pathlib.Path) -> None:
+    """Writes small tables that no manifest lists (metrics, events): Parquet with a seal,
+    a SHA-256 of the rows in the file's metadata, which :func:`read_sealed_rows` checks."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_parquet_atomic(table.replace_schema_metadata({_SEAL_KEY: _rows_digest(table).encode()}), path)
+
+
+def read_sealed_rows(path: pathlib.Path, what: str, schema: pa.Schema) -> list[dict]:
+    """Reads a file written by :func:`write_sealed_rows`; raises CheckpointError naming
+    ``what`` and the file if it is missing, unreadable, of another schema, or its rows
+    are not the ones written."""
+    table = read_parquet(path, what)
+    metadata = dict(table.schema.metadata or {})
+    seal = metadata.pop(_SEAL_KEY, b"").decode(errors="replace")
+    table = table.replace_schema_metadata(metadata)
+    if not table.schema.equals(schema):
+        raise CheckpointError(f"{what} {path} has an unexpected schema: {table.schema}")
+    if seal != _rows_digest(table):
+        raise CheckpointError(f"{what} {path} is corrupt: its rows do not match the checksum "
+                              "written with them")
+    return table.to_pylist()
+
+
+def write_parquet_atomic(table: pa.Table, path: pathlib.Path) -> None:
+    """Writes ``table`` as Parquet with page checksums, atomically (see :func:`write_atomic`)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, write_page_checksum=True)
+    write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def read_parquet(path: pathlib.Path, what: str, sha256: Optional[str] = None) -> pa.Table:
+    """Reads a Parquet run file, verifying ``sha256`` (if given) and page checksums; raises
+    CheckpointError naming ``what`` and the file for anything missing or unreadable."""
+    data = verified_bytes(path, sha256, what)
+    try:
+        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for bad bytes
+        raise CheckpointError(f"{what} {path} is not readable Parquet (truncated or corrupt): "
+                              f"{exc}") from exc
+
+
+_SEAL_KEY = b"rayagg.rows_sha256"
+
+
+def _rows_digest(table: pa.Table) -> str:
+    """A SHA-256 of a table's column names and rows (JSON: stable for floats and strings)."""
+    rows = json.dumps([table.column_names, table.to_pylist()], sort_keys=True, default=str)
+    return sha256_bytes(rows.encode())

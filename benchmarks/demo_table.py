@@ -15,6 +15,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rayagg.config import load_config  # noqa: E402
 from rayagg.metrics import read_metrics, tier_means  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def commit() -> str:
 
 def table(run_dir: pathlib.Path) -> list[str]:
     records = read_metrics(run_dir / "metrics.parquet")
-    tiers = list(dict.fromkeys(r.tier for r in records))
+    tiers = [tier.name for tier in load_config(run_dir / "config.yaml").tree.tiers]
     root, others = tiers[0], tiers[1:]
     lines = [f"| round | {root} | " + " | ".join(f"{t}s (mean)" for t in others) + " | seconds |",
              "|---" * (len(tiers) + 2) + "|"]

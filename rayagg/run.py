@@ -18,7 +18,7 @@ from rayagg.events import Event, write_events
 from rayagg.files import file_sha256, write_atomic
 from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_metrics
 from rayagg.rundir import (RunState, check_new_run_dir, earlier_events, earlier_records,
-                           prune_checkpoints, round_directory)
+                           manifest_key, prune_checkpoints, round_directory)
 from rayagg.tree import Tree
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
@@ -190,11 +190,12 @@ def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None
     if round_index > 0:
         directory = round_directory(out_dir, round_index)
         for node, digest in runner.save_checkpoints(directory).items():
-            relative = str((directory / f"{node}.pt").relative_to(out_dir))
+            relative = manifest_key(directory / f"{node}.pt", out_dir)
             checkpoints[node], digests[relative] = relative, digest
     if runner.bridge_store is not None:
-        relative = str(runner.bridge_store.resolve().relative_to(out_dir.resolve()))
-        known = previous.digests.get(relative) if previous else None
+        # The store never changes after start-up: hash it once, then carry its digest over.
+        known = previous.digest_of(runner.bridge_store, out_dir) if previous else None
+        relative = manifest_key(runner.bridge_store, out_dir)
         digests[relative] = known or file_sha256(runner.bridge_store)
     state = RunState(round_index, dict(runner.tree.parent_of), sorted(runner.dead), checkpoints, digests)
     state.save(out_dir)

@@ -90,6 +90,10 @@ class RunState:
             return None
         return pathlib.Path(run_dir) / relative, self.digests[relative]
 
+    def digest_of(self, path: pathlib.Path, run_dir: pathlib.Path) -> Optional[str]:
+        """The SHA-256 this cut records for the file at ``path``, or None if it lists none."""
+        return self.digests.get(manifest_key(path, run_dir))
+
     def tree(self, like: Tree) -> Tree:
         return Tree(like.tier_names, like.tier_of, dict(self.parent_of))
 
@@ -101,6 +105,11 @@ class RunState:
               and all(p in self.digests for p in self.checkpoints.values()))
         if not ok:
             raise CheckpointError(f"{path} is corrupt: fields have unexpected types or values")
+
+
+def manifest_key(path: pathlib.Path, run_dir: pathlib.Path) -> str:
+    """How the manifest names a file of the run: its path relative to the run directory."""
+    return str(pathlib.Path(path).resolve().relative_to(pathlib.Path(run_dir).resolve()))
 
 
 def _canonical(body: dict) -> bytes:
@@ -219,10 +228,9 @@ def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:
             raise CheckpointError(f"{run_dir / relative} is corrupt: its SHA-256 differs from the "
                                   f"one recorded in {STATE_FILE} (truncated, altered or replaced)")
     bridge = store.store_path(run_dir, plan.tree.root)
-    relative = str(bridge.relative_to(run_dir))
-    if relative in state.digests:
+    if state.digest_of(bridge, run_dir) is not None:  # its digest was verified just above
         expected = {leaf: len(shard) for leaf, shard in plan.shards.items()}
-        store.read_bridge_samples(bridge, expected_counts=expected, sha256=state.digests[relative])
+        store.read_bridge_samples(bridge, expected_counts=expected)
     earlier_records(run_dir, state.round)
     earlier_events(run_dir)
     return state

@@ -155,7 +155,7 @@ class RayRunner:
         if resume is None or self._run_dir is None:
             return None
         path = store.store_path(self._run_dir, self.tree.root)
-        digest = resume.digests.get(str(path.relative_to(self._run_dir)))
+        digest = resume.digest_of(path, self._run_dir)
         return None if digest is None else (path, digest)
 
     def _encode_leaves(self, run_dir: Optional[pathlib.Path]) -> None:

@@ -7,22 +7,20 @@ every node: ``Autoencoder.digest`` lets nodes check that they agree.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import io
 import json
-import os
 import pathlib
 import re
-import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
 from rayagg.errors import CheckpointError, ConfigError
+from rayagg.files import file_sha256, sha256_bytes, write_atomic
 
 # Bump when the architecture or the file layout changes: old cache entries then miss.
 FORMAT_VERSION = 1
@@ -144,42 +142,8 @@ def _sidecar(path: pathlib.Path) -> pathlib.Path:
 
 
 def _sha256(path: pathlib.Path) -> str:
-    """Return the sha256 hex digest of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _temp_next_to(path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """Yield a fresh temp file in ``path``'s folder; it is removed on exit unless renamed away.
-
-    Same folder, so that ``os.replace`` onto ``path`` is an atomic rename.
-    """
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = pathlib.Path(name)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are not secret and caches may be shared
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync(path: pathlib.Path) -> None:
-    """Flush ``path``'s content to disk so a rename never publishes an empty file."""
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    """Write ``text`` to ``path`` via temp file + rename: readers see old or new, never half."""
-    with _temp_next_to(path) as tmp:
-        tmp.write_text(text)
-        _fsync(tmp)
-        os.replace(tmp, path)
+    """Return the sha256 hex digest of the file at ``path`` (CheckpointError if unreadable)."""
+    return file_sha256(path)
 
 
 def save(encoder: Encoder, decoder: Decoder, path: pathlib.Path, *, meta: dict) -> str:
@@ -188,7 +152,9 @@ def save(encoder: Encoder, decoder: Decoder, path: pathlib.Path, *, meta: dict) 
     The file is a ``torch.save`` dict {"encoder", "decoder" (CPU state dicts),
     "in_channels", "meta"}; ``meta`` must hold only plain data (str, numbers,
     lists, dicts) so that ``weights_only`` loading accepts it. The sidecar holds
-    the hex digest and a newline.
+    the hex digest and a newline. Both files are written with
+    :func:`rayagg.files.write_atomic` (unique temp file, fsync, rename, directory
+    fsync): readers see the old file or the whole new one, and no temp file stays.
     """
     path = pathlib.Path(path)
     payload = {
@@ -197,14 +163,14 @@ def save(encoder: Encoder, decoder: Decoder, path: pathlib.Path, *, meta: dict) 
         "in_channels": int(encoder.in_channels),
         "meta": dict(meta),
     }
-    with _temp_next_to(path) as tmp:
-        torch.save(payload, tmp)
-        _fsync(tmp)
-        digest = _sha256(tmp)
-        # Sidecar first, weights last: after a crash in between, a sidecar
-        # without weights is a cache miss, never unverifiable weights.
-        _write_text_atomic(_sidecar(path), digest + "\n")
-        os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    digest = sha256_bytes(data)  # the digest of exactly the bytes the weights file gets
+    # Sidecar first, weights last: after a crash in between, a sidecar
+    # without weights is a cache miss, never unverifiable weights.
+    write_atomic(_sidecar(path), (digest + "\n").encode())
+    write_atomic(path, data)
     return digest
 
 
@@ -303,6 +269,11 @@ def load_or_pretrain(cache_dir: pathlib.Path, key: str, make_images: Callable[[]
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"autoencoder-{key}.pt"
     with open(cache_dir / f"autoencoder-{key}.lock", "a") as lock:
+        # The lock serialises every load_or_pretrain of this key, across threads (each
+        # open() is its own open file description) and processes: one trains and saves,
+        # the others wait and load. Writers of the weights and sidecar therefore never
+        # interleave here; write_atomic's unique temp names keep even direct concurrent
+        # save() calls from writing into each other's temp file.
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if not path.exists():

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pathlib
+import secrets
 from typing import Optional
 
 import pyarrow as pa
@@ -41,16 +42,40 @@ def file_sha256(path: pathlib.Path) -> str:
 
 def write_atomic(path: pathlib.Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a synced temporary file and a rename, then syncs the
-    directory: a crash or kill at any moment leaves the old file or the whole new one."""
+    directory: a crash or kill at any moment leaves the old file or the whole new one.
+
+    The temporary file has a fresh unique name in ``path``'s folder (same file system, so
+    the rename is atomic), so concurrent writers of one path, in threads or processes,
+    never write into each other's temporary file: each renames a whole file and the last
+    rename wins. It is created with mode 0o666 less the umask, like ``open()``'s files,
+    and removed if anything fails before the rename."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    fd, tmp = _create_unique_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     sync_directory(path.parent)
+
+
+def _create_unique_temp(path: pathlib.Path) -> tuple[int, pathlib.Path]:
+    """Creates (O_EXCL) a new empty file named ``.NAME.<random>.tmp`` next to ``path``;
+    returns its descriptor and path. Not tempfile.mkstemp: that makes files 0o600, while
+    these become ordinary run files that other users may be meant to read (umask decides)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary file name next to {path}")
 
 
 def sync_directory(directory: pathlib.Path) -> None:

@@ -1,6 +1,8 @@
 """Tests of rayagg.autoencoder: shapes, pretraining, hash-checked save/load, cache, no-grad decode."""
 from __future__ import annotations
 
+import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -102,7 +104,8 @@ def test_pretrain_rejects_bad_images():
 
 def test_save_load_round_trip(saved, trained, images):
     path, digest = saved
-    assert path.with_suffix(".sha256").read_text().strip() == digest
+    assert path.with_suffix(".sha256").read_text() == digest + "\n"
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     loaded = ae.load(path)
     assert loaded.digest == digest
     for module in (loaded.encoder, loaded.decoder):
@@ -113,6 +116,40 @@ def test_save_load_round_trip(saved, trained, images):
     codes = ae.encode(loaded.encoder, batch)
     assert torch.equal(ae.decode(loaded.decoder, codes), ae.decode(trained[1], codes))
     assert not list(path.parent.glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_saved_files_are_ordinary_files_under_the_umask(tmp_path, trained):
+    old = os.umask(0o022)
+    try:
+        ae.save(trained[0], trained[1], tmp_path / "ae.pt", meta={})
+    finally:
+        os.umask(old)
+    for name in ("ae.pt", "ae.sha256"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_crash_before_weights_is_a_cache_miss(tmp_path, trained, monkeypatch):
+    """Sidecar first, weights last: a crash in between leaves no weights (a miss that
+    load_or_pretrain retrains), never weights without a matching sidecar."""
+    real_write = ae.write_atomic
+    written = []
+
+    def crash_on_weights(path, data):
+        written.append(path.name)
+        if path.suffix == ".pt":
+            raise OSError("killed")
+        real_write(path, data)
+
+    monkeypatch.setattr(ae, "write_atomic", crash_on_weights)
+    path = tmp_path / "autoencoder-k3.pt"
+    with pytest.raises(OSError, match="killed"):
+        ae.save(trained[0], trained[1], path, meta={})
+    assert written == ["autoencoder-k3.sha256", "autoencoder-k3.pt"]
+    assert not path.exists() and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    loaded = ae.load_or_pretrain(tmp_path, "k3", lambda: smooth_images(32), in_channels=1,
+                                 epochs=1, seed=0, meta={})
+    assert loaded.digest == path.with_suffix(".sha256").read_text().strip()
 
 
 def test_tampered_file_raises(saved):

@@ -1,4 +1,6 @@
 """Durable run files: atomic writes, digests, and checkpoints that refuse altered bytes."""
+import os
+
 import pytest
 import torch
 
@@ -43,6 +45,50 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     write_atomic(path, b"old")
     write_atomic(path, b"new")
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_write_atomic_files_are_ordinary_files_under_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
+
+
+def test_write_atomic_failure_keeps_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    write_atomic(path, b"old")
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_concurrent_writers_of_one_path_never_share_a_temp_file(tmp_path, monkeypatch):
+    """A second writer runs to completion while the first is between its write and its
+    rename (as another process sharing a cache or run directory could): with one fixed
+    temp name the second would truncate and rename away the first's temp file."""
+    path = tmp_path / "weights.pt"
+    real_fsync = os.fsync
+    nested = []
+
+    def fsync_then_interleave(fd):
+        real_fsync(fd)
+        if not nested:
+            nested.append(1)
+            write_atomic(path, b"second")
+
+    monkeypatch.setattr(os, "fsync", fsync_then_interleave)
+    write_atomic(path, b"first")
+    monkeypatch.undo()
+    assert nested and path.read_bytes() == b"first"  # both whole; the last rename wins
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
 
 
 def test_every_flipped_byte_of_a_metrics_file_is_refused_or_harmless(tmp_path):

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from rayagg.errors import RayaggError, RunDirError
+from rayagg.errors import ConfigError, RayaggError, RunDirError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -138,12 +138,15 @@ def status(run_dir: str) -> None:
         path = pathlib.Path(run_dir)
         if not rundir.holds_run(path):
             raise RunDirError(rundir.missing_manifest(path))
+        dead: list[str] = []
         if (path / rundir.STATE_FILE).is_file():
             state = rundir.RunState.load(path)
+            dead = state.dead
             click.echo(f"last checkpointed round: {state.round}")
             click.echo(f"dead nodes: {', '.join(state.dead) or 'none'}")
         else:
             click.echo(f"no checkpoint: {rundir.missing_manifest(path)}")
+        _echo_hosts(path, dead)
         if (path / "metrics.parquet").is_file():
             measured = sorted({r.round for r in read_metrics(path / "metrics.parquet")})
             click.echo(f"rounds measured: {measured[-1] if measured else 0}")
@@ -153,6 +156,33 @@ def status(run_dir: str) -> None:
             click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
         if not events:
             click.echo("no events: no node failed")
+
+
+def _echo_hosts(run_dir: pathlib.Path, dead: list[str]) -> None:
+    """Which nodes each host actor carries, from the run's config.yaml (the packing is a
+    function of the config): packed tiers host by host, the others in one line."""
+    from rayagg import packing
+    from rayagg.config import load_config
+    from rayagg.plan import make_tree
+
+    if not (run_dir / "config.yaml").is_file():
+        return
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except ConfigError as exc:
+        click.echo(f"hosts: unknown, config.yaml is not valid ({str(exc).splitlines()[0]})")
+        return
+    hosts = packing.pack(config, make_tree(config))
+    click.echo("hosts:")
+    for tier in config.tree.tiers:
+        ours = [host for host in hosts if host.tier == tier.name]
+        if tier.nodes_per_actor == 1:
+            click.echo(f"  {tier.name}: {len(ours)} host(s), one node each")
+            continue
+        for host in ours:
+            gone = [node for node in host.nodes if node in dead]
+            note = f"  (dead: {packing.describe_nodes(gone)})" if gone else ""
+            click.echo(f"  {host.name:<16} {packing.describe_nodes(host.nodes)}{note}")
 
 
 @main.command("pretrain-autoencoder")
@@ -187,7 +217,9 @@ def check(config_path: str) -> None:
         config = load_config(config_path)
         preflight.check_inputs(config)
         for tier, count in zip(config.tree.tiers, config.tree.counts()):
-            click.echo(f"{tier.name}: {count} x {tier.model}  {tier.resources.model_dump()}")
+            hosts = -(-count // tier.nodes_per_actor)
+            packing = "" if tier.nodes_per_actor == 1 else f", {tier.nodes_per_actor} per host actor ({hosts} host{'s' * (hosts > 1)})"
+            click.echo(f"{tier.name}: {count} x {tier.model}{packing}  {tier.resources.model_dump()} per node")
 
 
 def _make_runner(config, address: Optional[str], local: bool):

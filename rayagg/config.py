@@ -50,7 +50,8 @@ class DataConfig(_Section):
 
 
 class Resources(_Section):
-    """What one actor of a tier asks Ray for."""
+    """What one node of a tier asks Ray for; a host actor carrying several nodes asks
+    for the sum of its nodes' requests (see ``Tier.nodes_per_actor``)."""
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -68,12 +69,19 @@ class Resources(_Section):
 
 
 class Tier(_Section):
-    """One level of the tree. ``count`` is the tier's total, ``fanout`` its children per parent."""
+    """One level of the tree. ``count`` is the tier's total, ``fanout`` its children per parent.
+
+    ``nodes_per_actor`` packs the tier's nodes onto host actors (rayagg/runtime/hosts.py):
+    1, the default, gives every node a process of its own; 32 puts up to 32 nodes in one
+    process, which shares one torch, one frozen autoencoder and one test split between
+    them. Each node keeps its own model, optimizer, seed, data and checkpoint either way.
+    """
 
     name: str
     model: str
     count: Optional[int] = Field(None, ge=1)
     fanout: Optional[int] = Field(None, ge=1)
+    nodes_per_actor: int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
 
     @field_validator("name")
@@ -82,6 +90,16 @@ class Tier(_Section):
         if not _TIER_NAME.match(value):
             raise ValueError(f"tier name must match {_TIER_NAME.pattern} (got {value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _packed_gpus_are_whole(self) -> "Tier":
+        # Ray accepts fractions of one GPU per actor, but only whole GPUs above one.
+        gpus = self.resources.num_gpus * self.nodes_per_actor
+        if gpus > 1 and abs(gpus - round(gpus)) > 1e-9:
+            raise ValueError(f"tier {self.name!r}: {self.nodes_per_actor} nodes per actor x num_gpus "
+                             f"{self.resources.num_gpus} = {gpus:g} GPUs per actor; Ray needs a whole "
+                             "number above 1 (or a fraction of one)")
+        return self
 
     @field_validator("model")
     @classmethod

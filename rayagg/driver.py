@@ -14,7 +14,7 @@ from rayagg.data import Dataset
 from rayagg.errors import TrainingError
 from rayagg.events import Event
 from rayagg.node import NodeState
-from rayagg.plan import Plan, build_node, evaluation_split
+from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data
 from rayagg.rundir import RunState
 from rayagg.tree import Tree
 
@@ -40,7 +40,9 @@ class LocalRunner:
     def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None) -> None:
         """Builds every node (restored from the resumed checkpoint, where it has one); each
         leaf encodes once and its bridge samples go to every ancestor."""
-        self.nodes = {node: build_node(self.plan, node, self._dataset) for node in self.tree.nodes}
+        frozen = frozen_autoencoder(self.plan)
+        self.nodes = {node: build_node(self.plan, node, self._local(node), frozen=frozen)
+                      for node in self.tree.nodes}
         if resume is not None:
             self.round_index, self.checkpoint = resume.round, resume
             for node, state in self.nodes.items():
@@ -51,6 +53,9 @@ class LocalRunner:
             samples = self.nodes[leaf].encode()
             for holder in [leaf, *self.tree.ancestors(leaf)]:
                 self.nodes[holder].add_bridge_samples(samples)
+
+    def _local(self, node: str):
+        return local_data(self.plan, node, self._dataset) if self.tree.is_leaf(node) else None
 
     def train_round(self) -> None:
         """Runs every pair once; TrainingError (a diverged node) names the round too."""

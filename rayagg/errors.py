@@ -32,6 +32,10 @@ class NodeError(RayaggError):
     def __init__(self, node: str, message: str):
         super().__init__(f"{node}: {message}")
         self.node = node
+        self.detail = message
+
+    def __reduce__(self):  # Ray pickles errors raised in actors: rebuild with both arguments
+        return type(self), (self.node, self.detail)
 
 
 class NodeTimeoutError(NodeError):
@@ -40,6 +44,11 @@ class NodeTimeoutError(NodeError):
 
 class NodeDiedError(NodeError):
     """A node's actor died (killed, crashed, or its machine went away)."""
+
+
+class NodeStoppedError(NodeError):
+    """A node left its host actor (``NodeHost.stop_node``): calls to it fail as if its
+    process had died, while the other nodes on that host carry on."""
 
 
 class RecoveryError(RayaggError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pathlib
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import pyarrow as pa
 
@@ -11,6 +12,20 @@ from rayagg.files import read_sealed_rows, write_sealed_rows
 
 SCHEMA = pa.schema([("at", pa.float64()), ("monotonic_s", pa.float64()), ("round", pa.int32()),
                     ("kind", pa.string()), ("node", pa.string()), ("detail", pa.string())])
+
+
+class EventKind(str, Enum):
+    """What an event records. The first five are the supervisor's actions
+    (``supervision.ActionKind``) as the runner applied them."""
+
+    DECLARE_DEAD = "declare_dead"
+    REPARENT = "reparent"
+    DROP_LEAF = "drop_leaf"
+    RESTART = "restart"
+    REJOIN = "rejoin"
+    RESTART_FRESH = "restart_fresh"  # a restarted node had no checkpoint yet
+    RETRY = "retry"  # a round lost a node and runs again on the repaired tree
+    RESUME = "resume"  # a run continued from its last checkpoint
 
 
 @dataclass(frozen=True)
@@ -27,8 +42,10 @@ class Event:
     detail: str
 
     @classmethod
-    def now(cls, round_index: int, kind: str, node: str, detail: str) -> "Event":
-        return cls(time.time(), time.monotonic(), round_index, kind, node, detail)
+    def now(cls, round_index: int, kind: EventKind, node: str, detail: str) -> "Event":
+        """An event stamped now; ``kind`` is stored as its plain string value (it reads
+        back equal to the EventKind member)."""
+        return cls(time.time(), time.monotonic(), round_index, EventKind(kind).value, node, detail)
 
 
 def write_events(events: list[Event], path: pathlib.Path) -> None:

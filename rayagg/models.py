@@ -11,7 +11,6 @@ import re
 from typing import Callable
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from rayagg.errors import ConfigError
 
@@ -51,13 +50,17 @@ def _cnn(in_channels: int, num_classes: int) -> nn.Module:
     )
 
 
-def _resnet(layers: list[int], in_channels: int, num_classes: int) -> ResNet:
+def _resnet(layers: list[int], in_channels: int, num_classes: int) -> nn.Module:
     """Return a torchvision ``ResNet`` of ``BasicBlock``s adapted to small images.
 
     The CIFAR adaptation: the 7x7 stride-2 stem and its max-pool would shrink a
     28x28 or 32x32 image to 7x7 / 8x8 before the first block, so the stem is a
     3x3 stride-1 conv and the max-pool is dropped.
     """
+    # Imported here: torchvision's import costs as much as torch's (every model family
+    # loads), and a host of device CNNs never needs it.
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     model = ResNet(BasicBlock, layers, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     # Same init torchvision gives its own convs (the replaced stem missed it).

@@ -86,28 +86,42 @@ def _autoencoder(config: RunConfig, dataset: data.Dataset, public: np.ndarray) -
     return path.read_bytes(), frozen.digest
 
 
-def build_node(plan: Plan, node: str, dataset: data.Dataset,
+def local_data(plan: Plan, leaf: str, dataset: data.Dataset) -> LocalData:
+    """A leaf's private images (as floats) and labels: its shard of the training split."""
+    shard = torch.tensor(plan.shards[leaf])  # a copy: Ray hands out read-only arrays
+    return LocalData(data.to_float(dataset.train_images[shard]), dataset.train_labels[shard])
+
+
+def frozen_autoencoder(plan: Plan) -> autoencoder.Autoencoder:
+    """The frozen bridge autoencoder, verified against the plan's digest. One per process:
+    the nodes of a host share it (it never trains)."""
+    return autoencoder.load_bytes(plan.autoencoder_blob, plan.autoencoder_digest)
+
+
+def build_node(plan: Plan, node: str, local: Optional[LocalData] = None, *,
+               frozen: Optional[autoencoder.Autoencoder] = None,
                device: torch.device = torch.device("cpu")) -> NodeState:
-    """Builds ``node``'s state: its model (seeded by node name), optimizer, and, for a
-    leaf, its private shard and the encoder."""
+    """Builds ``node``'s state: its model (seeded by node name) and optimizer; a leaf also
+    gets ``local`` (from :func:`local_data`) and the encoder. ``frozen`` is the process's
+    shared autoencoder (loaded from the plan when not given)."""
     config, tier = plan.config, plan.tier(node)
+    leaf = plan.tree.is_leaf(node)
+    if leaf and local is None:
+        raise ValueError(f"{node} is a leaf: build_node needs its local data")
     channels, size, _ = plan.image_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(node_seed(config.training.seed, node))
         model = models.build_model(tier.model, in_channels=channels, image_size=size,
                                    num_classes=plan.num_classes).to(device)
-    frozen = autoencoder.load_bytes(plan.autoencoder_blob, plan.autoencoder_digest)
+    frozen = frozen or frozen_autoencoder(plan)
     train = config.training
     settings = DistillSettings(temperature=train.temperature, beta=train.beta, gamma=train.gamma,
                                batch_size=train.batch_size, teacher_mode=train.teacher_mode)
     optimizer = make_optimizer(model, lr=train.lr, momentum=train.momentum,
                                weight_decay=train.weight_decay)
-    local = None
-    if plan.tree.is_leaf(node):
-        shard = torch.tensor(plan.shards[node])  # a copy: Ray hands out read-only arrays
-        local = LocalData(data.to_float(dataset.train_images[shard]), dataset.train_labels[shard])
     return NodeState(node, model, decoder=frozen.decoder, settings=settings, optimizer=optimizer,
-                     seed=train.seed, local=local, encoder=frozen.encoder if local else None)
+                     seed=train.seed, local=local if leaf else None,
+                     encoder=frozen.encoder if leaf else None)
 
 
 def evaluation_split(plan: Plan, dataset: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol
 
-from rayagg.events import Event, write_events
+from rayagg.events import Event, EventKind, write_events
 from rayagg.files import file_sha256, write_atomic
 from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_metrics
 from rayagg.rundir import (RunState, check_new_run_dir, earlier_events, earlier_records,
@@ -143,7 +143,8 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
             if resume is None:
                 _checkpoint(runner, out_dir, 0)
             else:
-                runner.events.append(Event.now(resume.round, "resume", "", f"resumed after round {resume.round}"))
+                runner.events.append(Event.now(resume.round, EventKind.RESUME, "",
+                                               f"resumed after round {resume.round}"))
             for round_index in range(runner.round_index + 1, rounds + 1):
                 if stop.requested:
                     break

@@ -163,6 +163,18 @@ def describe(action: Action) -> str:
     return action.describe()
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the supervisor tells the runner: the actions to apply, in order; the tree and
+    the dead set once they are applied; and ``fatal``, a message, when a death cannot be
+    absorbed (the run must stop)."""
+
+    actions: tuple[Action, ...]
+    tree: Tree
+    dead: frozenset[str]
+    fatal: Optional[str] = None
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -177,6 +189,10 @@ class SupervisorState:
     dead: frozenset[str] = frozenset()  # declared dead; stays dead unless restarted
     reported: frozenset[str] = frozenset()  # deaths reported by failed calls since the last decide
     restarts: Mapping[str, int] = field(default_factory=dict)  # restarts spent per node name
+    # Restarted (or re-joined) but not heard from since: silence does not count against
+    # them until their first heartbeat, because the executor brings them back only after
+    # its current wait ends; its start-up timeout bounds how long that may take.
+    starting: frozenset[str] = frozenset()
     load: Mapping[str, int] = field(default_factory=dict)  # bridge samples per node; missing = 0
     policy: Policy = Policy()
 
@@ -188,13 +204,22 @@ class SupervisorState:
 
 
 def heartbeat(state: SupervisorState, node: str, now: float) -> SupervisorState:
-    """Records ``node``'s heartbeat arriving at ``now``; ignored for a dead node (its
-    actor is being killed). Raises ValueError for a node not in the tree."""
-    _check_node(state, node)
-    if node in state.dead:
-        return state
-    stamp = max(now, state.last_seen.get(node, now))  # a late-delivered stamp never rewinds
-    return replace(state, last_seen={**state.last_seen, node: stamp})
+    """Records ``node``'s heartbeat arriving at ``now``; see :func:`heartbeats`."""
+    return heartbeats(state, [node], now)
+
+
+def heartbeats(state: SupervisorState, nodes: Iterable[str], now: float) -> SupervisorState:
+    """Records one host actor's heartbeat arriving at ``now``: it covers every node the
+    host runs (a host that dies goes silent for all of them at once). Dead nodes are
+    ignored (their actor is being killed or they left their host). Raises ValueError for
+    a node not in the tree."""
+    last_seen, heard = dict(state.last_seen), set()
+    for node in nodes:
+        _check_node(state, node)
+        if node not in state.dead:
+            last_seen[node] = max(now, last_seen.get(node, now))  # a late stamp never rewinds
+            heard.add(node)
+    return replace(state, last_seen=last_seen, starting=state.starting - heard)
 
 
 def report_death(state: SupervisorState, node: str) -> SupervisorState:
@@ -260,7 +285,7 @@ def _newly_dead(state: SupervisorState, now: float) -> list[DeclareDead]:
         silent_s = None if seen is None else now - seen
         if node in state.reported:
             deaths.append(DeclareDead(node, Reason.ACTOR_DIED, silent_s))
-        elif now - state.last_seen.get(node, state.started_at) > state.policy.deadline_s:
+        elif node not in state.starting and now - state.last_seen.get(node, state.started_at) > state.policy.deadline_s:
             deaths.append(DeclareDead(node, Reason.MISSED_HEARTBEATS, silent_s))
     return deaths
 
@@ -353,11 +378,12 @@ def _move(state: SupervisorState, orphan: str, new_parent: str) -> SupervisorSta
 
 
 def _restart(state: SupervisorState, node: str, now: float) -> tuple[SupervisorState, Restart]:
-    """``node`` comes back: no longer dead, a fresh deadline from ``now``, one restart spent."""
+    """``node`` comes back: no longer dead, a fresh deadline from ``now`` that runs from its
+    first heartbeat (it is ``starting`` until then), one restart spent."""
     count = state.restarts.get(node, 0) + 1
     state = replace(state, dead=state.dead - {node},
                     last_seen={**state.last_seen, node: now},
-                    restarts={**state.restarts, node: count})
+                    restarts={**state.restarts, node: count}, starting=state.starting | {node})
     return state, Restart(node, count)
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from rayagg.config import load_config, parse_config
+from rayagg.runtime import RayRunner
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -58,6 +59,28 @@ def ray_session():
     yield
     ray.shutdown()
 
+
+def packed(config, **nodes_per_actor):
+    """``config`` with some tiers packed, e.g. ``packed(config, device=2)``."""
+    tiers = [{**tier.model_dump(), "nodes_per_actor": nodes_per_actor.get(tier.name, tier.nodes_per_actor)}
+             for tier in config.tree.tiers]
+    return config.with_changes(tree={"tiers": tiers})
+
+
+class InspectingRunner(RayRunner):
+    """Records what the tests check while the hosts are still alive, then closes: the
+    run's Ray actors (needs the dashboard), tree, dead set, bridge-sample counts and wire
+    logs."""
+
+    def close(self):
+        if self.recovery is not None and self.hosts.handles:
+            from ray.util.state import list_actors
+
+            self.inspected = {
+                "actors": list_actors(filters=[("ray_namespace", "=", self.namespace)], detail=True),
+                "tree": self.tree, "dead": self.dead,
+                "counts": self.bridge_sample_counts(), "wire": self.wire_logs()}
+        super().close()
 
 
 def signal_a_run(argv, out, signals, gap_s=0.2, timeout_s=240):

@@ -60,6 +60,18 @@ def test_status_shows_moves_and_dead_nodes(tmp_path):
     assert "device-2 moved edge-1 -> edge-0" in result.output
 
 
+def test_status_shows_which_nodes_each_host_carries(tiny_config, tmp_path):
+    tiers = [{**t.model_dump(), "nodes_per_actor": 3 if t.name == "device" else 1}
+             for t in tiny_config.tree.tiers]
+    (tmp_path / "config.yaml").write_text(tiny_config.with_changes(tree={"tiers": tiers}).to_yaml())
+    RunState(1, {}, ["device-1"]).save(tmp_path)
+    result = invoke("status", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "edge: 2 host(s), one node each" in result.output
+    assert "device-host-0    device-0..2  (dead: device-1)" in result.output
+    assert "device-host-1    device-3\n" in result.output
+
+
 def test_status_of_a_directory_that_is_no_run(tmp_path):
     result = invoke("status", tmp_path)
     assert result.exit_code == 2 and "not a rayagg run directory" in result.output

@@ -9,24 +9,15 @@ from dataclasses import replace
 
 import pytest
 import ray
+from conftest import InspectingRunner, packed
 
 from rayagg.events import read_events
 from rayagg.run import execute
-from rayagg.runtime import RayRunner
 
 
-class InspectingRunner(RayRunner):
-    """Records the tree and bridge-sample counts before closing."""
-
-    def close(self):
-        if self.actors:
-            self.inspected = {"tree": self.tree, "dead": self.dead,
-                              "counts": self.bridge_sample_counts()}
-        super().close()
-
-
-def kill_during_round(runner, node, round_index, delay_s=1.0):
-    """Kills ``node``'s actor ``delay_s`` into ``round_index``; returns the kill time holder."""
+def kill_during_round(runner, node, round_index, delay_s=1.0, stop=False):
+    """Kills the host actor running ``node`` (with every node on it) ``delay_s`` into
+    ``round_index``, or with ``stop`` stops ``node`` alone; returns the kill time holder."""
     killed = {}
 
     def killer():
@@ -34,7 +25,10 @@ def kill_during_round(runner, node, round_index, delay_s=1.0):
             time.sleep(0.05)
         time.sleep(delay_s)
         killed["at"] = time.monotonic()
-        ray.kill(runner.actors[node], no_restart=True)
+        if stop:
+            runner.actors[node].stop_node.remote(node)
+        else:
+            ray.kill(runner.actors[node], no_restart=True)
 
     threading.Thread(target=killer, daemon=True).start()
     return killed
@@ -119,3 +113,31 @@ def test_dead_device_drops_out_then_rejoins_in_the_next_round(ray_session, tiny_
     events = read_events(tmp_path / "events.parquet")
     assert {"declare_dead", "drop_leaf"} <= {e.kind for e in events if e.node == "device-3"}
     assert [e.node for e in events if e.kind == "rejoin"] == ["device-3"]
+
+
+def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host(ray_session, config, tiny_plan,
+                                                                      tmp_path):
+    """Devices two to a host (device-host-0: device-0, 1; device-host-1: device-2, 3).
+    Round 1: edge-0 dies; its devices, on a shared host, move to edge-1. Round 2:
+    device-1 leaves its host alone; device-0 on the same host carries on. Round 3:
+    device-host-1 dies with both its devices. The root keeps every bridge sample."""
+    config = packed(config, device=2).with_rounds(3)
+    runner = InspectingRunner(replace(tiny_plan, config=config))
+    kill_during_round(runner, "edge-0", 1)
+    kill_during_round(runner, "device-1", 2, stop=True)
+    kill_during_round(runner, "device-2", 3)
+    records = execute(runner, tmp_path, echo=lambda line: None)
+    inspected = runner.inspected
+    assert inspected["dead"] == {"edge-0", "device-1", "device-2", "device-3"}
+    assert inspected["tree"].children("edge-1") == ["device-0", "device-1", "device-2", "device-3"]
+    assert inspected["counts"]["cloud-0"] == inspected["counts"]["edge-1"] == total_samples(tiny_plan)
+    rounds = lambda node: sorted({r.round for r in records if r.node == node})
+    assert rounds("device-0") == [1, 2, 3]  # its sibling's departure did not touch it
+    assert rounds("device-1") == [1] and rounds("device-2") == rounds("device-3") == [1, 2]
+    assert rounds("cloud-0") == [1, 2, 3]
+    hosts = {a.name: a.state for a in inspected["actors"] if a.class_name == "NodeHost"}
+    assert hosts["device-host-0"] == "ALIVE" and "edge-0" not in [
+        name for name, state in hosts.items() if state == "ALIVE"]
+    events = read_events(tmp_path / "events.parquet")
+    assert {e.node for e in events if e.kind == "reparent"} == {"device-0", "device-1"}
+    assert {e.node for e in events if e.kind == "drop_leaf"} == {"device-1", "device-2", "device-3"}

@@ -6,11 +6,10 @@ import time
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
+from conftest import InspectingRunner
 
 from rayagg.plan import make_plan
 from rayagg.run import execute
-from rayagg.runtime import RayRunner
 
 MB = 2**20
 
@@ -41,14 +40,6 @@ def pinned(tiny_config):
     return tiny_config.with_changes(tree={"tiers": tiers}, training={"rounds": 2})
 
 
-class InspectingRunner(RayRunner):
-    def close(self):
-        supervisor = list_actors(filters=[("name", "=", "supervisor"), ("state", "=", "ALIVE")])
-        self.inspected = {"tree": self.tree, "dead": self.dead, "counts": self.bridge_sample_counts(),
-                          "supervisor_hosts": [actor.node_id for actor in supervisor]}
-        super().close()
-
-
 def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path):
     test_cluster, nodes = cluster
     config = pinned(tiny_config)
@@ -69,7 +60,8 @@ def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path)
     assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-0"]}) == 3
     assert runner.inspected["dead"] == {"edge-0"}
     # the supervisor lives with the driver, never on a machine that may be removed
-    assert runner.inspected["supervisor_hosts"] == [test_cluster.head_node.node_id]
+    supervisor = [a for a in runner.inspected["actors"] if a.name == "supervisor" and a.state == "ALIVE"]
+    assert [a.node_id for a in supervisor] == [test_cluster.head_node.node_id]
     assert {runner.inspected["tree"].parent_of[d] for d in ("device-0", "device-1")} == {"edge-1"}
     assert runner.inspected["counts"]["cloud-0"] == sum(len(s) for s in plan.shards.values())
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2]

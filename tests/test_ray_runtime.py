@@ -2,11 +2,11 @@
 agreement with the in-process driver, and failing fast on impossible resources."""
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 import torch
-from conftest import signal_a_run
-from ray.util.state import list_actors
+from conftest import InspectingRunner, packed, signal_a_run
 
 from rayagg import rundir
 from rayagg.config import parse_config
@@ -17,18 +17,6 @@ from rayagg.metrics import read_metrics
 from rayagg.run import execute
 from rayagg.rundir import RunState
 from rayagg.runtime import RayRunner
-
-
-class InspectingRunner(RayRunner):
-    """Records what the tests check while the actors are still alive, then closes."""
-
-    def close(self):
-        self.inspected = {
-            "actors": list_actors(filters=[("ray_namespace", "=", self.namespace)], detail=True),
-            "counts": self.bridge_sample_counts(),
-            "wire": self.wire_logs(),
-        }
-        super().close()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +30,7 @@ def ray_run(ray_session, tiny_config, tiny_plan, tmp_path_factory):
 def test_one_live_actor_per_node_with_its_tiers_resources(ray_run, tiny_plan):
     runner, _, _ = ray_run
     alive = [a for a in runner.inspected["actors"] if a.state == "ALIVE"]
-    actors = {a.name: a for a in alive if a.class_name == "NodeActor"}
+    actors = {a.name: a for a in alive if a.class_name == "NodeHost"}
     assert sorted(actors) == sorted(tiny_plan.tree.nodes)
     assert [a.name for a in alive if a.class_name == "SupervisorActor"] == ["supervisor"]
     for name, actor in actors.items():
@@ -125,18 +113,21 @@ def test_sigterm_mid_round_then_resume_equals_the_uninterrupted_run(ray_run, tin
                                                                     tmp_path):
     """A real SIGTERM to a real `rayagg run` while round 1 trains: the round finishes and is
     checkpointed (no round is trained twice, none half), the exit code is 143, and a
-    resume reproduces the uninterrupted run (the ray_run fixture) exactly."""
+    resume reproduces the uninterrupted run (the ray_run fixture) exactly. The run packs
+    edges and devices two to a host: packing changes processes, never results."""
     _, uninterrupted, _ = ray_run
-    config, out = tmp_path / "tiny.yaml", tmp_path / "run"
-    config.write_text(tiny_config.to_yaml())  # its autoencoder cache is the test session's
-    code, output = signal_a_run(["run", config, "--out", out], out, [signal.SIGTERM])
+    config = packed(tiny_config, edge=2, device=2)
+    plan = replace(tiny_plan, config=config)
+    config_file, out = tmp_path / "tiny.yaml", tmp_path / "run"
+    config_file.write_text(config.to_yaml())  # its autoencoder cache is the test session's
+    code, output = signal_a_run(["run", config_file, "--out", out], out, [signal.SIGTERM])
     assert code == 143, output
     assert "stopping after the round in flight" in output and "Traceback" not in output
     assert "*** SIGTERM received" not in output  # Ray's own handler would have aborted
-    state = rundir.load_for_resume(out, tiny_plan) if RunState.load(out).round < 2 else None
+    state = rundir.load_for_resume(out, plan) if RunState.load(out).round < 2 else None
     assert RunState.load(out).round >= 1
     if state is not None:
-        execute(RayRunner(tiny_plan), out, echo=lambda line: None, resume=state)
+        execute(RayRunner(plan), out, echo=lambda line: None, resume=state)
     resumed = read_metrics(out / "metrics.parquet")
     assert sorted((r.round, r.node, r.accuracy, r.loss) for r in resumed) == \
         sorted((r.round, r.node, r.accuracy, r.loss) for r in uninterrupted)

@@ -7,7 +7,7 @@ import pytest
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.supervision import (
     DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Rejoin, Reparent, Restart,
-    SupervisorState, dead_after_s, decide, describe, heartbeat, least_loaded, rejoin,
+    SupervisorState, dead_after_s, decide, describe, heartbeat, heartbeats, least_loaded, rejoin,
     report_death,
 )
 from rayagg.tree import Tree
@@ -185,6 +185,22 @@ def test_root_death_restarts_until_exhausted():
         decide(report_death(state, "cloud-0"), 3.0)
 
 
+def test_a_restarted_node_is_not_timed_out_before_its_first_heartbeat():
+    # The runner brings a restarted node back only after its current wait: its silence
+    # until then is no death (which would restart it again and again), a report is.
+    state, _ = decide(report_death(make_state(), "cloud-0"), 1.0)
+    state = beat_all_but(state, 20.0, "cloud-0")
+    state, actions = decide(state, 20.0)
+    assert actions == [] and "cloud-0" in state.starting
+    state = heartbeat(state, "cloud-0", 21.0)
+    assert "cloud-0" not in state.starting
+    state, actions = decide(beat_all_but(state, 26.5, "cloud-0"), 26.5)
+    assert declared(actions) == ["cloud-0"]  # heard from, then silent 5.5 s
+    assert "cloud-0" in state.starting  # restarted again: a report still kills it at once
+    _, actions = decide(report_death(state, "cloud-0"), 27.0)
+    assert declared(actions) == ["cloud-0"]
+
+
 def test_root_restart_disabled_raises():
     state = report_death(make_state(policy=Policy(restart_root=False)), "cloud-0")
     with pytest.raises(NoSurvivorError, match="disabled"):
@@ -290,3 +306,53 @@ def test_rejoin_spends_restarts_and_refuses_live_nodes():
     state = kill_device_3(state, 3.0)
     with pytest.raises(NoSurvivorError, match="restarts spent"):
         rejoin(state, "device-3", now=4.0)
+
+
+# ------------------------------------------------------------------ host actors
+
+
+def beat_hosts(state, now, hosts):
+    """One heartbeat per host actor, each covering the nodes it carries."""
+    for nodes in hosts:
+        state = heartbeats(state, nodes, now)
+    return state
+
+
+# The 1-3-9 tree packed as hosts: edges two to a host, devices four to a host.
+HOSTS = {"cloud": ["cloud-0"], "edge-host-0": ["edge-0", "edge-1"], "edge-host-1": ["edge-2"],
+         "device-host-0": [f"device-{i}" for i in range(4)],
+         "device-host-1": [f"device-{i}" for i in range(4, 8)], "device-host-2": ["device-8"]}
+
+
+def test_a_silent_host_kills_all_its_nodes_in_one_decision():
+    state = beat_hosts(make_state(), 4.0, [n for h, n in HOSTS.items() if h != "device-host-1"])
+    state, actions = decide(state, 4.9)
+    assert actions == []
+    state, actions = decide(state, 5.1)  # device-host-1 silent since 0.0
+    assert declared(actions) == ["device-4", "device-5", "device-6", "device-7"]
+    assert [a.node for a in actions if isinstance(a, DropLeaf)] == declared(actions)
+    assert state.dead == {"device-4", "device-5", "device-6", "device-7"}
+
+
+def test_a_dead_edge_host_sends_every_orphan_to_a_survivor_on_another_host():
+    load = {"edge-0": 30, "edge-1": 30, "edge-2": 30}
+    state = beat_hosts(make_state(load=load), 4.0, [n for h, n in HOSTS.items() if h != "edge-host-0"])
+    state, actions = decide(state, 5.1)
+    assert declared(actions) == ["edge-0", "edge-1"]
+    assert moves(actions) == [(f"device-{i}", "edge-2") for i in range(6)]  # never to edge-1
+    assert state.tree.children("edge-2") == [f"device-{i}" for i in range(9)]
+
+
+def test_a_node_that_leaves_its_host_dies_alone():
+    # The host's heartbeat stops covering device-1 (it stopped); its siblings live on.
+    hosts = {**HOSTS, "device-host-0": ["device-0", "device-2", "device-3"]}
+    state = make_state()
+    for now in (2.0, 4.0, 6.0):
+        state = beat_hosts(state, now, hosts.values())
+        state, actions = decide(state, now)
+    assert declared(actions) == ["device-1"] and state.dead == {"device-1"}
+
+
+def test_heartbeats_reject_a_node_not_in_the_tree():
+    with pytest.raises(ValueError, match="device-99"):
+        heartbeats(make_state(), ["device-0", "device-99"], 1.0)

@@ -30,20 +30,23 @@ class ClusterNode:
         return f"{self.address} {shown}" + (f" labels {labels}" if labels else "")
 
 
-def ray_request(resources: Resources) -> dict[str, float]:
-    """The resource amounts one actor of a tier asks for, in Ray's names."""
-    request = {"CPU": resources.num_cpus, "GPU": resources.num_gpus, **resources.custom}
+def ray_request(resources: Resources, nodes: int = 1) -> dict[str, float]:
+    """What one actor carrying ``nodes`` nodes of a tier asks for, in Ray's names: the sum
+    of its nodes' requests, so packing never hides what the nodes use."""
+    request = {"CPU": resources.num_cpus * nodes, "GPU": resources.num_gpus * nodes,
+               **{name: amount * nodes for name, amount in resources.custom.items()}}
     if resources.memory_mb is not None:
-        request["memory"] = float(resources.memory_mb * MB)
+        request["memory"] = float(resources.memory_mb * nodes * MB)
     return {name: amount for name, amount in request.items() if amount > 0}
 
 
-def actor_options(resources: Resources) -> dict[str, Any]:
-    """Keyword arguments for ``ActorClass.options`` that apply a tier's limits."""
-    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-                               "resources": dict(resources.custom)}
+def actor_options(resources: Resources, nodes: int = 1) -> dict[str, Any]:
+    """Keyword arguments for ``ActorClass.options`` that apply a tier's limits to an actor
+    carrying ``nodes`` of its nodes."""
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus * nodes, "num_gpus": resources.num_gpus * nodes,
+                               "resources": {name: amount * nodes for name, amount in resources.custom.items()}}
     if resources.memory_mb is not None:
-        options["memory"] = resources.memory_mb * MB
+        options["memory"] = resources.memory_mb * nodes * MB
     if resources.labels:
         options["label_selector"] = dict(resources.labels)
     return options
@@ -59,21 +62,24 @@ def fits(request: Mapping[str, float], labels: Mapping[str, str], node: ClusterN
 def check_cluster(config: RunConfig, nodes: list[ClusterNode], *, autoscaling: bool) -> None:
     """Raises ResourceError if a tier can never be scheduled on ``nodes``.
 
-    Always checked: some single node must fit one actor of each tier. Without an
-    autoscaler also checked: the cluster's totals must fit all actors at once, else
-    the last ones would wait forever.
+    Always checked: some single node must fit the largest host actor of each tier (its
+    ``nodes_per_actor`` nodes' requests together). Without an autoscaler also checked:
+    the cluster's totals must fit all nodes at once, else the last hosts would wait
+    forever.
     """
     cluster = "\n".join(f"  {node.describe()}" for node in nodes) or "  (no alive nodes)"
     totals: dict[str, float] = {}
     for tier, count in zip(config.tree.tiers, config.tree.counts()):
-        request = ray_request(tier.resources)
+        packed = min(tier.nodes_per_actor, count)
+        request = ray_request(tier.resources, packed)
         if not any(fits(request, tier.resources.labels, node) for node in nodes):
             labels = f" with labels {tier.resources.labels}" if tier.resources.labels else ""
+            carrying = f" (carrying {packed} nodes; lower nodes_per_actor to split it)" if packed > 1 else ""
             raise ResourceError(
-                f"tier {tier.name!r}: no node can host one actor requesting {request}{labels}; "
-                f"the cluster's nodes are:\n{cluster}")
-        for name, amount in request.items():
-            totals[name] = totals.get(name, 0.0) + amount * count
+                f"tier {tier.name!r}: no node can host one actor requesting {request}{labels}"
+                f"{carrying}; the cluster's nodes are:\n{cluster}")
+        for name, amount in ray_request(tier.resources, count).items():
+            totals[name] = totals.get(name, 0.0) + amount
     if autoscaling:
         return
     for name, needed in totals.items():

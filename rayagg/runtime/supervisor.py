@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import ray
 
 from rayagg import supervision
-from rayagg.supervision import NoSurvivorError, Policy, SupervisorState
+from rayagg.supervision import Decision, NoSurvivorError, Policy, SupervisorState
 from rayagg.tree import Tree
 
 
@@ -28,22 +28,24 @@ class SupervisorActor:
         state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load)
         self._state = dataclasses.replace(state, dead=frozenset(dead))
 
-    async def heartbeat(self, node: str) -> None:
-        self._state = supervision.heartbeat(self._state, node, time.monotonic())
+    async def heartbeat(self, nodes: Iterable[str]) -> None:
+        """A host's heartbeat, covering the nodes it runs."""
+        self._state = supervision.heartbeats(self._state, nodes, time.monotonic())
 
-    async def report_death(self, node: str) -> None:
-        self._state = supervision.report_death(self._state, node)
+    async def report_death(self, nodes: Iterable[str]) -> None:
+        """Calls to ``nodes`` failed because they died (their host, or they alone)."""
+        for node in nodes:
+            self._state = supervision.report_death(self._state, node)
 
-    async def tick(self) -> dict[str, Any]:
-        """Decides now. Returns the actions, the tree and dead set after them, and
-        ``fatal`` (a message) when the tree cannot absorb a death."""
+    async def tick(self) -> Decision:
+        """Decides now (see ``supervision.decide``)."""
         try:
             self._state, actions = supervision.decide(self._state, time.monotonic())
         except NoSurvivorError as exc:
             return self._answer([], fatal=str(exc))
         return self._answer(actions)
 
-    async def rejoin(self, node: str) -> dict[str, Any]:
+    async def rejoin(self, node: str) -> Decision:
         """A dead leaf comes back (see ``supervision.rejoin``); same answer as ``tick``."""
         try:
             self._state, action = supervision.rejoin(self._state, node, time.monotonic())
@@ -51,6 +53,5 @@ class SupervisorActor:
             return self._answer([], fatal=str(exc))
         return self._answer([action])
 
-    def _answer(self, actions: list, fatal: Optional[str] = None) -> dict[str, Any]:
-        return {"actions": actions, "tree": self._state.tree, "dead": self._state.dead,
-                "fatal": fatal}
+    def _answer(self, actions: list, fatal: Optional[str] = None) -> Decision:
+        return Decision(tuple(actions), self._state.tree, self._state.dead, fatal)

@@ -1,0 +1,67 @@
+"""Which host actor carries which tree nodes. Pure code: no Ray, no torch.
+
+A tier's ``nodes_per_actor`` packs its nodes, in index order, onto host actors of at
+most that many nodes each. The packing is a function of the config and the tree's
+node names alone, so the driver, every host and ``rayagg status`` compute the same
+one without asking each other.
+
+Names: with ``nodes_per_actor: 1`` (the default) a host is named after its one node
+(``edge-2``), as when every node was its own actor; packed hosts are named
+``<tier>-host-<i>`` (``device-host-3`` carries device-96 .. device-127 when 32 share a
+host).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rayagg.config import RunConfig
+from rayagg.tree import Tree
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host actor: its name, its tier and the nodes it is laid out to carry."""
+
+    name: str
+    tier: str
+    nodes: tuple[str, ...]
+
+
+def pack(config: RunConfig, tree: Tree) -> list[Host]:
+    """Every host of the run, tier by tier from the root; a tier's last host may carry
+    fewer nodes than ``nodes_per_actor``."""
+    hosts = []
+    for depth, tier in enumerate(config.tree.tiers):
+        nodes = tree.nodes_of_tier(depth)
+        size = tier.nodes_per_actor
+        for start in range(0, len(nodes), size):
+            chunk = tuple(nodes[start:start + size])
+            name = chunk[0] if size == 1 else f"{tier.name}-host-{start // size}"
+            hosts.append(Host(name, tier.name, chunk))
+    return hosts
+
+
+def home_hosts(hosts: list[Host]) -> dict[str, str]:
+    """node -> the name of the host laid out to carry it."""
+    return {node: host.name for host in hosts for node in host.nodes}
+
+
+def describe_nodes(nodes: tuple[str, ...] | list[str]) -> str:
+    """A short list of node names: runs of consecutive indices of one tier are shown as
+    ``device-0..31``."""
+    parts: list[str] = []
+    run: list[tuple[str, int]] = []
+
+    def flush() -> None:
+        if run:
+            tier, first = run[0]
+            parts.append(f"{tier}-{first}" if len(run) == 1 else f"{tier}-{first}..{run[-1][1]}")
+            run.clear()
+
+    for node in nodes:
+        tier, _, index = node.rpartition("-")
+        if run and (run[-1][0] != tier or run[-1][1] + 1 != int(index)):
+            flush()
+        run.append((tier, int(index)))
+    flush()
+    return ", ".join(parts)

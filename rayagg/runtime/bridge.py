@@ -1,0 +1,58 @@
+"""Where the bridge samples are: which node holds which leaves' samples, and the refs
+the driver sends them from. Bookkeeping only: no Ray calls here.
+
+The driver calls ``encode`` on the leaves (or puts the stored copy), so it owns every
+bridge sample's object ref. When the tree changes (a subtree re-parented, a node
+restarted), :meth:`BridgeRoutes.moves` says which node must receive or drop which
+leaves' samples; nothing is asked of a dead node and no sample is lost.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rayagg.tree import Tree
+
+
+def training_leaves(tree: Tree, dead: frozenset[str], node: str, keep_dead_leaf_samples: bool) -> list[str]:
+    """The leaves whose bridge samples ``node`` trains on: its subtree's, less dead leaves
+    when their samples are not kept."""
+    leaves = tree.leaves(node)
+    if keep_dead_leaf_samples:
+        return leaves
+    return [leaf for leaf in leaves if leaf not in dead]
+
+
+class BridgeRoutes:
+    """The refs of every leaf's bridge samples and what each node holds of them."""
+
+    def __init__(self, keep_dead_leaf_samples: bool):
+        self.keep_dead_leaf_samples = keep_dead_leaf_samples
+        self.refs: dict[str, Any] = {}  # leaf -> ref of its BridgeSamples, owned by the driver
+        self.held: dict[str, set[str]] = {}  # node -> leaves whose samples it holds
+
+    def encoded(self, refs: dict[str, Any]) -> None:
+        """Leaves encoded: each keeps its own samples (``encode`` does), nobody else any."""
+        self.refs = dict(refs)
+        self.held = {leaf: {leaf} for leaf in refs}
+
+    def stored(self, refs: dict[str, Any]) -> None:
+        """Samples read back from the run's store: no node holds any yet."""
+        self.refs, self.held = dict(refs), {}
+
+    def forget(self, node: str) -> None:
+        """``node`` was built afresh (restart, re-join): it holds nothing."""
+        self.held[node] = set()
+
+    def moves(self, tree: Tree, dead: frozenset[str]) -> list[tuple[str, list[Any], list[str]]]:
+        """(node, refs to add, leaves to drop) for every live node that holds other leaves'
+        samples than it trains on, and records the result as held."""
+        moves = []
+        for node in tree.nodes:
+            if node in dead:
+                continue
+            wanted = set(training_leaves(tree, dead, node, self.keep_dead_leaf_samples))
+            held = self.held.get(node, set())
+            if wanted != held:
+                moves.append((node, [self.refs[leaf] for leaf in sorted(wanted - held)], sorted(held - wanted)))
+            self.held[node] = wanted
+        return moves

@@ -1,0 +1,68 @@
+"""Joining Ray, and what the cluster looks like: the runner's only contact with
+``ray.init`` and ``ray.nodes``."""
+from __future__ import annotations
+
+import socket
+from typing import Optional
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rayagg.errors import ClusterError
+from rayagg.runtime.resources import ClusterNode
+
+# How long joining a cluster by address may take to reach the head before it is an error:
+# ray.init itself retries an unreachable address for minutes.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def connect(address: Optional[str]) -> bool:
+    """Starts a local Ray (address None) or joins ``address``; returns True if we started it.
+
+    Ray 2.60 enables token auth by default; a client joining by address needs
+    RAY_AUTH_MODE=token in its environment before ``import ray``: the CLI sets it
+    before it imports this module. Joins an already initialised Ray session as is.
+    Raises ClusterError naming the address when nothing answers there within
+    CONNECT_TIMEOUT_S or Ray refuses to join.
+    """
+    if ray.is_initialized():
+        return False
+    if address is None:
+        # "local" starts a new Ray even where another one runs on this machine.
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        return True
+    _probe(address)
+    try:
+        ray.init(address=address, logging_level="WARNING")
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from ray.init
+        raise ClusterError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
+    return False
+
+
+def _probe(address: str) -> None:
+    """Fails fast when nothing listens at ``address`` (host:port, or ray://host:port);
+    'auto' is left to ray.init, which fails at once when it finds no cluster."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r} within "
+                           f"{CONNECT_TIMEOUT_S:g} s: {exc} (is `ray start --head` running there, "
+                           "and is the port open to this machine?)") from exc
+
+
+def cluster_nodes() -> list[ClusterNode]:
+    """The alive Ray nodes with their total resources and labels."""
+    return [ClusterNode(node["NodeManagerAddress"], node["Resources"], node.get("Labels", {}))
+            for node in ray.nodes() if node["Alive"]]
+
+
+def on_driver_node() -> NodeAffinitySchedulingStrategy:
+    """Places an actor on the Ray node that runs this driver. The supervisor goes there:
+    it then dies only with the driver, which the run cannot survive anyway, instead of
+    with whichever worker machine Ray picked (a removed edge machine once took it along)."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

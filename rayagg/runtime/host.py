@@ -1,0 +1,222 @@
+"""The host actor: a thin Ray shell around one or more :class:`~rayagg.node.NodeState`.
+
+A host carries the nodes its tier's packing gives it (rayagg/packing.py). Every call
+names the node it is for; Ray runs one host's calls in submission order, so each node
+does the same work in the same order as in the in-process driver, while hosts run in
+parallel. The nodes of a host share what never changes: one torch, one frozen
+autoencoder, one test split. Each keeps its own model, optimizer, seed, local data,
+bridge samples and checkpoint.
+
+A host loads its data from its machine's disk and keeps only its leaves' shards and
+the test split, so raw images never cross an actor boundary; what does cross (bridge
+samples and logits) is recorded per node in a wire log the tests read.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import resource
+import threading
+import time
+from collections import Counter
+from typing import Any, Optional
+
+import numpy as np
+import ray
+import torch
+
+from rayagg import checkpoint, packing
+from rayagg.errors import NodeStoppedError
+from rayagg.node import BridgeSamples, LocalData, NodeState
+from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, load_data, local_data
+
+
+def torch_threads(num_cpus: float) -> int:
+    """Torch's intra-op threads for a host granted ``num_cpus`` in all (at least one)."""
+    return max(1, int(num_cpus))
+
+
+@ray.remote
+class NodeHost:
+    """Carries tree nodes of one tier. Created by the driver only, so a parent's death
+    never takes its children with it (actors made inside an actor die with their creator).
+
+    ``nodes`` are the nodes to build at once; the host can later ``add_node`` any node
+    its layout gives it (a restart or re-join), and keeps those nodes' data for it.
+    """
+
+    def __init__(self, plan: Plan, name: str, nodes: list[str]):
+        self._name = name
+        self._plan = plan
+        self._nodes: dict[str, NodeState] = {}
+        self._stopped: set[str] = set()
+        self._wire: dict[str, Counter[tuple]] = {}
+        # A constructor that raises leaves the driver only "ActorDiedError", the cause
+        # buried in the actor's log; kept here, ``ready`` raises it where the driver sees it.
+        self._start_error: Optional[BaseException] = None
+        try:
+            self._build(plan, nodes)
+        except Exception as exc:
+            self._start_error = exc
+
+    def _build(self, plan: Plan, nodes: list[str]) -> None:
+        layout = next(h for h in packing.pack(plan.config, plan.tree) if h.name == self._name)
+        resources = plan.config.tree.tiers[plan.tree.tier_of[layout.nodes[0]]].resources
+        if resources.num_gpus == 0:
+            # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
+            # them see every GPU of the machine; hide them before CUDA initialises.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        torch.set_num_threads(torch_threads(resources.num_cpus * len(layout.nodes)))
+        use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
+        self._device = torch.device("cuda" if use_cuda else "cpu")
+        dataset = load_data(plan.config)
+        # Lean: keep the test split and this host's leaves' shards; the rest of the data
+        # set is freed when ``dataset`` goes out of scope.
+        self._test = evaluation_split(plan, dataset)
+        self._local: dict[str, LocalData] = {
+            node: local_data(plan, node, dataset) for node in layout.nodes if plan.tree.is_leaf(node)}
+        del dataset
+        self._frozen = frozen_autoencoder(plan)
+        for node in nodes:
+            self.add_node(node)
+
+    # ------------------------------------------------------------ membership
+
+    def add_node(self, node: str) -> str:
+        """Builds ``node`` afresh on this host (at start, or to restart it); returns its name."""
+        self._nodes[node] = build_node(self._plan, node, self._local.get(node), frozen=self._frozen,
+                                       device=self._device)
+        self._stopped.discard(node)
+        self._wire.setdefault(node, Counter())
+        return node
+
+    def remove_node(self, node: str) -> None:
+        """Forgets ``node`` (declared dead); the other nodes carry on."""
+        self._nodes.pop(node, None)
+        self._stopped.discard(node)
+
+    def stop_node(self, node: str) -> None:
+        """``node`` leaves as if its process had died: its heartbeats stop and calls to it
+        raise NodeStoppedError. The other nodes of this host are untouched."""
+        self._state(node)
+        self._stopped.add(node)
+
+    def nodes(self) -> list[str]:
+        """The nodes this host runs now (stopped ones excluded)."""
+        return [node for node in self._nodes if node not in self._stopped]
+
+    def start_heartbeats(self, supervisor: Any, interval_s: float) -> None:
+        """Sends ``supervisor.heartbeat(nodes)`` for the nodes it runs every ``interval_s``
+        from a daemon thread.
+
+        A thread, because a training step holds this actor's only task slot for
+        seconds; torch releases the GIL in its kernels, so the thread still runs.
+        """
+        # The first beat is synchronous: the supervisor then counts silence from now,
+        # not from before this actor (maybe a restart) was created.
+        ray.get(supervisor.heartbeat.remote(self.nodes()), timeout=60)
+
+        def beat() -> None:
+            while True:  # a daemon thread: it ends with the actor's process
+                time.sleep(interval_s)
+                supervisor.heartbeat.remote(self.nodes())
+
+        threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
+
+    def ready(self) -> dict[str, Any]:
+        """Where this host runs, with what and for whom: for the runner's start-up check,
+        benchmarks and tests. Raises the constructor's exception if building failed."""
+        if self._start_error is not None:
+            raise self._start_error
+        context = ray.get_runtime_context()
+        return {"host": self._name, "nodes": list(self._nodes), "pid": os.getpid(),
+                "ray_node_id": context.get_node_id(), "torch_threads": torch.get_num_threads(),
+                "device": str(self._device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb()}
+
+    # ------------------------------------------------------------ the protocol
+
+    def encode(self, node: str) -> BridgeSamples:
+        """A leaf encodes its local data once, keeps its own bridge samples and returns them."""
+        state = self._state(node)
+        samples = state.encode()
+        state.add_bridge_samples(samples)
+        self._record(node, "sent", "bridge_samples", samples.codes.shape, samples.labels.shape)
+        return samples
+
+    def add_bridge_samples(self, node: str, *samples: BridgeSamples) -> int:
+        """``node`` keeps the bridge samples of leaves below; returns how many it now holds."""
+        state = self._state(node)
+        for item in samples:
+            self._record(node, "received", "bridge_samples", item.codes.shape, item.labels.shape)
+            state.add_bridge_samples(item)
+        return state.bridge_sample_count
+
+    def remove_bridge_samples(self, node: str, leaves: list[str]) -> int:
+        state = self._state(node)
+        for leaf in leaves:
+            state.remove_bridge_samples(leaf)
+        return state.bridge_sample_count
+
+    def logits(self, node: str, leaves: list[str]) -> np.ndarray:
+        out = self._state(node).logits(leaves).numpy()
+        self._record(node, "sent", "logits", out.shape)
+        return out
+
+    def learn(self, node: str, leaves: list[str], teacher: np.ndarray) -> float:
+        state = self._state(node)
+        self._record(node, "received", "logits", teacher.shape)
+        return state.learn(leaves, torch.from_numpy(np.array(teacher)))
+
+    def evaluate(self, node: str) -> tuple[float, float, float]:
+        """(test accuracy, test loss, seconds of training work since the last call)."""
+        state = self._state(node)
+        return (*state.evaluate(*self._test), state.take_work_s())
+
+    def bridge_sample_count(self, node: str) -> int:
+        return self._state(node).bridge_sample_count
+
+    def save_checkpoint(self, node: str, path: str) -> str:
+        """Writes ``node``'s model, optimizer and shuffling state to ``path`` on this host's
+        machine; returns the file's SHA-256 (for the run's manifest)."""
+        return checkpoint.save(self._state(node).state_dict(), pathlib.Path(path))
+
+    def load_checkpoint(self, node: str, path: str, sha256: Optional[str] = None) -> str:
+        """Restores ``node``'s model, optimizer and shuffling state from ``path``
+        (CheckpointError if it is missing, corrupt or not the file with ``sha256``)."""
+        self._state(node).load_state_dict(checkpoint.load(pathlib.Path(path), sha256))
+        return path
+
+    def wire_log(self, node: str) -> list[dict[str, Any]]:
+        """What crossed the boundary for ``node``: kind, direction, per-sample shapes, count."""
+        return [{"direction": direction, "kind": kind, "sample_shapes": shapes, "count": count}
+                for (direction, kind, shapes), count in self._wire.get(node, Counter()).items()]
+
+    # ------------------------------------------------------------ helpers
+
+    def _state(self, node: str) -> NodeState:
+        if node in self._stopped:
+            raise NodeStoppedError(node, f"stopped: it left host {self._name}")
+        try:
+            return self._nodes[node]
+        except KeyError:
+            raise KeyError(f"host {self._name} does not carry {node} "
+                           f"(it carries {packing.describe_nodes(list(self._nodes)) or 'nothing'})") from None
+
+    def _record(self, node: str, direction: str, kind: str, *shapes: tuple[int, ...]) -> None:
+        # Per-sample shapes (batch dimension dropped) keep the log bounded over many rounds.
+        self._wire[node][(direction, kind, tuple(tuple(shape[1:]) for shape in shapes))] += 1
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux; 0 where /proc is missing)."""
+    try:
+        pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,131 @@
+"""The run's host actors: which host carries which node, and their lifecycle.
+
+The packing (rayagg/packing.py) fixes each host's name, tier and nodes, so a host's
+Ray request is always the sum of its laid-out nodes' requests. A host that dies is
+created again under the same name (and the same request) when one of its nodes is
+restarted or re-joins; a node that dies alone is forgotten by its host, whose other
+nodes carry on.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import ray
+
+from rayagg import packing
+from rayagg.errors import NodeTimeoutError
+from rayagg.plan import Plan
+from rayagg.runtime.cluster import cluster_nodes
+from rayagg.runtime.host import NodeHost
+from rayagg.runtime.resources import actor_options, ray_request
+from rayagg.runtime.waiting import Call, await_all, kill
+
+
+class HostPool:
+    """Creates, revives and stops the host actors of one run, and routes calls to nodes."""
+
+    def __init__(self, plan: Plan, namespace: str, *, heartbeat_interval_s: float, timeout_s: float):
+        self._plan = plan
+        self._namespace = namespace
+        self._interval_s = heartbeat_interval_s
+        self._timeout_s = timeout_s
+        self.layout = {host.name: host for host in packing.pack(plan.config, plan.tree)}
+        self.home = packing.home_hosts(list(self.layout.values()))
+        self.handles: dict[str, Any] = {}  # host -> actor handle, for hosts alive
+        self.carried: dict[str, set[str]] = {}  # host -> the nodes it runs now
+        self.placement: dict[str, dict] = {}  # host -> its ready() answer (pid, Ray node, ...)
+        self._plan_ref: Any = None
+        self._supervisor: Any = None
+
+    def start(self, nodes: Iterable[str], supervisor: Any) -> None:
+        """Creates the hosts of ``nodes``, each building its nodes among them, and waits
+        until every one runs and sends heartbeats to ``supervisor``."""
+        self._plan_ref = ray.put(self._plan)
+        self._supervisor = supervisor
+        wanted: dict[str, list[str]] = {}
+        for node in nodes:
+            wanted.setdefault(self.home[node], []).append(node)
+        for host, its_nodes in wanted.items():
+            self._create(host, its_nodes)
+        self._wait_started(list(wanted))
+
+    def actor(self, node: str) -> Any:
+        """The handle of the host running ``node``."""
+        return self.handles[self.home[node]]
+
+    @property
+    def actors(self) -> dict[str, Any]:
+        """node -> the handle of its host, for every node running now."""
+        return {node: self.handles[host] for host, nodes in self.carried.items() for node in nodes}
+
+    def call(self, node: str, method: str, *args: Any) -> Call:
+        """Submits ``host.method(node, *args)`` to ``node``'s host."""
+        return node, method, getattr(self.actor(node), method).remote(node, *args)
+
+    def nodes_of_actor(self, actor_id: str) -> set[str]:
+        """The nodes a (dead) host actor runs; empty for an actor already retired or
+        replaced (a new host under the same name is another actor) or unknown."""
+        for host, handle in self.handles.items():
+            if handle._actor_id.hex() == actor_id:
+                return set(self.carried[host])
+        return set()
+
+    def retire(self, nodes: Iterable[str]) -> None:
+        """Stops running ``nodes`` (declared dead): a host left with none is killed, any
+        other host forgets just them and its other nodes carry on."""
+        by_host: dict[str, set[str]] = {}
+        for node in nodes:
+            by_host.setdefault(self.home[node], set()).add(node)
+        for host, dead in by_host.items():
+            if host not in self.handles:
+                continue
+            self.carried[host] -= dead
+            if not self.carried[host]:
+                kill(self.handles.pop(host))
+                del self.carried[host]
+            else:
+                for node in sorted(dead):
+                    self.handles[host].remove_node.remote(node)
+
+    def revive(self, node: str) -> None:
+        """Builds ``node`` afresh on its home host, creating that host again (same name and
+        request) if it is gone. The caller restores its checkpoint."""
+        host = self.home[node]
+        if host in self.handles:
+            await_all([(node, "add_node", self.handles[host].add_node.remote(node))], self._timeout_s)
+            self.carried[host].add(node)
+            return
+        self._create(host, [node])
+        self._wait_started([host])
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            kill(handle)
+        self.handles, self.carried = {}, {}
+
+    def _create(self, host: str, nodes: list[str]) -> None:
+        layout = self.layout[host]
+        tier = self._plan.tier(layout.nodes[0])
+        handle = NodeHost.options(
+            name=host, namespace=self._namespace, max_restarts=0,
+            **actor_options(tier.resources, len(layout.nodes)),
+        ).remote(self._plan_ref, host, nodes)
+        self.handles[host], self.carried[host] = handle, set(nodes)
+
+    def _wait_started(self, hosts: list[str]) -> None:
+        """Waits until ``hosts`` run and heartbeat; records where each one runs."""
+        pending = [(host, "start", self.handles[host].ready.remote()) for host in hosts]
+        try:
+            self.placement.update(zip(hosts, await_all(pending, self._timeout_s)))
+            beats = [(host, "start_heartbeats",
+                      self.handles[host].start_heartbeats.remote(self._supervisor, self._interval_s))
+                     for host in hosts]
+            await_all(beats, self._timeout_s)
+        except NodeTimeoutError as exc:
+            raise NodeTimeoutError(exc.node, f"{exc} — {self._unscheduled_hint(exc.node)}") from exc
+
+    def _unscheduled_hint(self, host: str) -> str:
+        layout = self.layout[host]
+        request = ray_request(self._plan.tier(layout.nodes[0]).resources, len(layout.nodes))
+        cluster = "; ".join(n.describe() for n in cluster_nodes())
+        return f"not scheduled? it requests {request}; the cluster has: {cluster}"

@@ -1,0 +1,94 @@
+"""Recovery: the supervisor's decisions, applied.
+
+The runner polls the supervisor while it waits on a batch of calls. A decision is
+applied in two steps so that no wait ever runs inside another: :meth:`Recovery.absorb`
+(during the wait) takes the new tree and dead set and stops the dead nodes at once,
+which fails their pending calls fast; :meth:`Recovery.repair` (after the wait) starts
+the restarts and re-joins, restores their checkpoints and moves bridge samples.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import ray
+from ray import exceptions as ray_errors
+
+from rayagg.errors import NodeDiedError, NodeTimeoutError, RecoveryError
+from rayagg.events import EventKind
+from rayagg.runtime.bridge import BridgeRoutes
+from rayagg.runtime.hosts import HostPool
+from rayagg.supervision import Action, DeclareDead, Decision, DropLeaf, Rejoin, Reparent, Restart
+from rayagg.tree import Tree
+
+
+class Recovery:
+    """Owns the tree and the dead set as the supervisor last decided them."""
+
+    def __init__(self, supervisor: Any, hosts: HostPool, bridge: BridgeRoutes, tree: Tree,
+                 dead: frozenset[str], *, timeout_s: float,
+                 log: Callable[[EventKind, str, str], None], restore: Callable[[str], None]):
+        self.supervisor = supervisor
+        self.tree, self.dead = tree, dead
+        self._hosts, self._bridge = hosts, bridge
+        self._timeout_s = timeout_s
+        self._log, self._restore = log, restore
+        self._repairs: list[Action] = []
+
+    # ------------------------------------------------------------ asking
+
+    def tick(self) -> None:
+        """Asks the supervisor to decide now and absorbs its decision."""
+        self.absorb(self._ask(self.supervisor.tick.remote()))
+
+    def rejoin(self, leaf: str) -> None:
+        self.absorb(self._ask(self.supervisor.rejoin.remote(leaf)))
+
+    def report(self, nodes: Iterable[str]) -> None:
+        """Tells the supervisor that calls showed ``nodes`` dead. Synchronous: an async actor
+        may run calls out of order, and a report that overtook the next tick would kill
+        the node's replacement."""
+        nodes = sorted(nodes)
+        if nodes:
+            self._ask(self.supervisor.report_death.remote(nodes))
+
+    def _ask(self, ref: Any) -> Any:
+        try:
+            return ray.get(ref, timeout=self._timeout_s)
+        except ray_errors.RayActorError as exc:
+            raise NodeDiedError("supervisor", "the supervisor actor died; the run cannot "
+                                              "detect failures without it") from exc
+        except ray_errors.GetTimeoutError as exc:
+            raise NodeTimeoutError("supervisor", f"did not answer within {self._timeout_s:g} s") from exc
+
+    # ------------------------------------------------------------ applying
+
+    def absorb(self, decision: Decision) -> None:
+        """Takes the decided tree and dead set, logs every action and stops the nodes declared
+        dead; restarts and re-joins wait for :meth:`repair`. Raises RecoveryError when the
+        decision is fatal."""
+        if decision.fatal:
+            raise RecoveryError(decision.fatal)
+        self.tree, self.dead = decision.tree, decision.dead
+        for action in decision.actions:
+            if not isinstance(action, (DeclareDead, Reparent, DropLeaf, Restart, Rejoin)):
+                raise TypeError(f"unknown action {action!r}")
+            self._log(EventKind(action.kind.value), action.node, action.describe())
+        self._hosts.retire(a.node for a in decision.actions if isinstance(a, DeclareDead))
+        self._repairs += decision.actions
+
+    @property
+    def needs_repair(self) -> bool:
+        return bool(self._repairs)
+
+    def repair(self, sync: Callable[[], None]) -> None:
+        """Brings restarted and re-joined nodes back (fresh, then restored from their last
+        checkpoint) and calls ``sync`` to move bridge samples after the tree changed;
+        repeats while that wait brought new decisions."""
+        while self._repairs:
+            actions, self._repairs = self._repairs, []
+            for action in actions:
+                if isinstance(action, (Restart, Rejoin)) and action.node not in self.dead:
+                    self._hosts.revive(action.node)
+                    self._restore(action.node)
+                    self._bridge.forget(action.node)
+            sync()

@@ -36,7 +36,9 @@ def kill_during_round(runner, node, round_index, delay_s=1.0, stop=False):
 
 @pytest.fixture(scope="module")
 def config(tiny_config):
-    return tiny_config.with_changes(training={"rounds": 2})
+    """Two rounds; the four devices share one host actor (the tests below kill edges and
+    the root, whose identity per process is what matters): 4 processes instead of 7."""
+    return packed(tiny_config, device=4).with_rounds(2)
 
 
 def total_samples(plan):
@@ -87,7 +89,7 @@ def test_edge_killed_mid_round_is_replaced_and_keeps_its_devices(ray_session, co
 
 
 def test_root_killed_mid_round_restarts_from_checkpoint(ray_session, config, tiny_plan, tmp_path):
-    runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "cloud-0")
+    runner, _, records = run_with_kill(packed(config, edge=2), tiny_plan, tmp_path, "cloud-0")
     assert runner.inspected["dead"] == frozenset()
     assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2]
@@ -95,24 +97,27 @@ def test_root_killed_mid_round_restarts_from_checkpoint(ray_session, config, tin
     assert [e.node for e in events if e.kind == "restart"] == ["cloud-0"]
 
 
-def test_dead_device_drops_out_then_rejoins_in_the_next_round(ray_session, tiny_config, tiny_plan,
-                                                              tmp_path):
-    # An idle device is found by its heartbeats (up to ~6 s), maybe only in round 3:
-    # four rounds leave room for the re-join at the start of round 3 or 4. Until then it
-    # has dropped out (its samples stay with its ancestors): the plain dropout path.
-    config = tiny_config.with_changes(training={"rounds": 4},
-                          supervision={"rejoin_dead_leaves": True})
+def test_a_dead_device_host_drops_out_then_rejoins_in_the_next_round(ray_session, config, tiny_plan,
+                                                                     tmp_path):
+    """Devices two to a host; device-host-1 (device-2, device-3) is killed in round 2. Both
+    drop out (their samples stay with their ancestors), then re-join at the start of round
+    3 on a new device-host-1, restored from their round-1 checkpoints."""
+    config = packed(config, edge=2, device=2).with_changes(
+        training={"rounds": 3}, supervision={"rejoin_dead_leaves": True})
     runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "device-3")
     assert runner.inspected["dead"] == frozenset()
-    rounds = [r.round for r in records if r.node == "device-3"]
-    assert rounds[0] == 1 and rounds[-1] == 4 and len(rounds) < 4
-    parent = runner.inspected["tree"].parent_of["device-3"]
-    assert runner.inspected["counts"][parent] == sum(
-        len(tiny_plan.shards[leaf]) for leaf in runner.inspected["tree"].leaves(parent))
+    for device in ("device-2", "device-3"):
+        assert [r.round for r in records if r.node == device] == [1, 3]
+        parent = runner.inspected["tree"].parent_of[device]
+        assert runner.inspected["counts"][parent] == sum(
+            len(tiny_plan.shards[leaf]) for leaf in runner.inspected["tree"].leaves(parent))
+    assert [r.round for r in records if r.node == "device-1"] == [1, 2, 3]
     assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
+    hosts = [a for a in runner.inspected["actors"] if a.name == "device-host-1"]
+    assert sorted(a.state for a in hosts) == ["ALIVE", "DEAD"]  # the dead one and its successor
     events = read_events(tmp_path / "events.parquet")
     assert {"declare_dead", "drop_leaf"} <= {e.kind for e in events if e.node == "device-3"}
-    assert [e.node for e in events if e.kind == "rejoin"] == ["device-3"]
+    assert sorted(e.node for e in events if e.kind == "rejoin") == ["device-2", "device-3"]
 
 
 def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host(ray_session, config, tiny_plan,
@@ -121,7 +126,7 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host(ray_sessio
     Round 1: edge-0 dies; its devices, on a shared host, move to edge-1. Round 2:
     device-1 leaves its host alone; device-0 on the same host carries on. Round 3:
     device-host-1 dies with both its devices. The root keeps every bridge sample."""
-    config = packed(config, device=2).with_rounds(3)
+    config = packed(config, device=2).with_rounds(3)  # edges one to a host: edge-0 dies alone
     runner = InspectingRunner(replace(tiny_plan, config=config))
     kill_during_round(runner, "edge-0", 1)
     kill_during_round(runner, "device-1", 2, stop=True)

@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import pytest
+from conftest import packed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
@@ -56,7 +57,9 @@ def ray_job(env, *args, timeout_s=60):
 def test_tiny_run_as_a_ray_job(ray_head, tiny_config, tmp_path):
     address, env = ray_head
     config = tmp_path / "tiny.yaml"
-    config.write_text(tiny_config.to_yaml())  # its autoencoder cache is the test session's
+    # Edges and devices packed (3 processes, not 7): the test is about submitting a job.
+    # Its autoencoder cache is the test session's.
+    config.write_text(packed(tiny_config, edge=2, device=4).to_yaml())
     out = tmp_path / "run"
     deadline = time.monotonic() + 60
     while True:  # the dashboard takes a few seconds to answer

@@ -1,5 +1,6 @@
 """Several Ray nodes on one machine: cloud, edges and devices pinned to separate nodes by
-custom resources; the node hosting an edge is removed mid-round and the run completes."""
+custom resources (the devices on one host actor); the node hosting an edge is removed
+mid-round and the run completes."""
 import threading
 import time
 
@@ -37,6 +38,7 @@ def pinned(tiny_config):
     tiers = tiny_config.model_dump()["tree"]["tiers"]
     for tier, custom, cpus in zip(tiers, ("cloud", "edge", "device"), (0.5, 0.5, 0.2)):
         tier["resources"] = {"num_cpus": cpus, "custom": {custom: 1}}
+    tiers[2]["nodes_per_actor"] = 4  # one device host asking for device: 4, 0.8 CPU
     return tiny_config.with_changes(tree={"tiers": tiers}, training={"rounds": 2})
 
 
@@ -57,7 +59,7 @@ def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path)
     threading.Thread(target=remove_edge_machine, daemon=True).start()
     records = execute(runner, tmp_path, echo=lambda line: None)
     hosts = {node: info["ray_node_id"] for node, info in runner.placement.items()}
-    assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-0"]}) == 3
+    assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-host-0"]}) == 3
     assert runner.inspected["dead"] == {"edge-0"}
     # the supervisor lives with the driver, never on a machine that may be removed
     supervisor = [a for a in runner.inspected["actors"] if a.name == "supervisor" and a.state == "ALIVE"]

@@ -188,12 +188,16 @@ def round_directory(run_dir: pathlib.Path, round_index: int) -> pathlib.Path:
 
 def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     """Raises ConfigError unless ``given`` may continue a run made with ``stored``: only
-    training.rounds, the runtime and supervision sections and the autoencoder cache folder
-    may change (everything else decides what the checkpoints mean)."""
+    training.rounds, the runtime and supervision sections, the autoencoder cache folder and
+    each tier's resources and nodes_per_actor may change (where nodes run, e.g. on another
+    cluster; everything else decides what the checkpoints mean)."""
     def fixed(config: "RunConfig") -> dict:
         raw = config.model_dump()
         raw["training"].pop("rounds")
         raw["autoencoder"].pop("cache_dir")
+        for tier in raw["tree"]["tiers"]:
+            tier.pop("resources")
+            tier.pop("nodes_per_actor")
         for section in ("runtime", "supervision"):
             raw.pop(section)
         return raw
@@ -202,7 +206,8 @@ def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     changed = sorted(key for key in old if old[key] != new.get(key))
     if changed:
         raise ConfigError(f"CONFIG differs from the run's config.yaml in {', '.join(changed)}: a "
-                          "resumed run may change only training.rounds, runtime and supervision")
+                          "resumed run may change only training.rounds, runtime, supervision and the "
+                          "tiers' resources and nodes_per_actor")
 
 
 def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:

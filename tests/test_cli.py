@@ -15,7 +15,8 @@ from rayagg.events import Event, write_events
 from rayagg.files import file_sha256
 from rayagg.node import BridgeSamples
 from rayagg.plan import make_plan
-from rayagg.rundir import RunState
+from rayagg.errors import ConfigError
+from rayagg.rundir import RunState, check_resumable_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -219,6 +220,16 @@ def test_a_resume_with_another_tree_is_refused(run_copy, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text(config.read_text().replace("model: cnn", "model: resnet10", 1))
     assert "differs from the run's config.yaml in tree" in resume(run, other)
+
+
+def test_a_resume_may_change_where_nodes_run_but_not_what_they_are(quick_config):
+    moved = quick_config.with_changes(
+        tree={"tiers": [{**t.model_dump(), "nodes_per_actor": 2 if t.name == "device" else 1,
+                         "resources": {"num_cpus": 2}} for t in quick_config.tree.tiers]})
+    check_resumable_config(quick_config, moved)  # packing and requests: where nodes run
+    other = quick_config.with_changes(training={"lr": 0.5})
+    with pytest.raises(ConfigError, match="differs from the run's config.yaml in training"):
+        check_resumable_config(quick_config, other)
 
 
 def test_an_address_where_nothing_listens_fails_fast_naming_it(quick_config, tmp_path, monkeypatch):

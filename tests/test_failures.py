@@ -1,4 +1,5 @@
-"""Failures on a real local Ray: kill an edge, a device, the root; a device re-joins.
+"""Failures on a real local Ray: an edge replaced, the root restarted, and, on packed
+hosts, an edge, a device and a whole device host lost, the devices re-joining.
 
 Each test kills real actors while the tiny tree trains and checks that the run
 completes with every bridge sample still held by the root.
@@ -53,27 +54,6 @@ def run_with_kill(config, plan, tmp_path, node, round_index=2):
     return runner, killed, records
 
 
-def test_edge_killed_mid_round(ray_session, config, tiny_plan, tmp_path):
-    # Re-parenting needs no checkpoint: one round is enough (and saves a round's time).
-    config = config.with_rounds(1)
-    runner, killed, records = run_with_kill(config, tiny_plan, tmp_path, "edge-0", round_index=1)
-    tree = runner.inspected["tree"]
-    assert runner.inspected["dead"] == {"edge-0"}
-    for orphan in ("device-0", "device-1"):
-        parent = tree.parent_of[orphan]
-        assert parent not in runner.inspected["dead"] and tree.tier_name(parent) == "edge"
-    counts = runner.inspected["counts"]
-    assert counts[tree.root] == total_samples(tiny_plan)
-    assert counts["edge-1"] == total_samples(tiny_plan)  # it adopted edge-0's subtree
-    assert sorted({r.round for r in records if r.node == tree.root}) == [1]
-    events = read_events(tmp_path / "events.parquet")
-    death = next(e for e in events if e.kind == "declare_dead")
-    supervision = config.supervision
-    assert death.node == "edge-0"
-    assert death.monotonic_s - killed["at"] <= supervision.heartbeat_interval_s * supervision.max_missed + 1
-    assert {e.node for e in events if e.kind == "reparent"} == {"device-0", "device-1"}
-
-
 def test_edge_killed_mid_round_is_replaced_and_keeps_its_devices(ray_session, config, tiny_plan, tmp_path):
     replacing = config.with_changes(supervision={"replace_dead": True})
     runner, _, records = run_with_kill(replacing, tiny_plan, tmp_path, "edge-0")
@@ -97,52 +77,40 @@ def test_root_killed_mid_round_restarts_from_checkpoint(ray_session, config, tin
     assert [e.node for e in events if e.kind == "restart"] == ["cloud-0"]
 
 
-def test_a_dead_device_host_drops_out_then_rejoins_in_the_next_round(ray_session, config, tiny_plan,
-                                                                     tmp_path):
-    """Devices two to a host; device-host-1 (device-2, device-3) is killed in round 2. Both
-    drop out (their samples stay with their ancestors), then re-join at the start of round
-    3 on a new device-host-1, restored from their round-1 checkpoints."""
-    config = packed(config, edge=2, device=2).with_changes(
-        training={"rounds": 3}, supervision={"rejoin_dead_leaves": True})
-    runner, _, records = run_with_kill(config, tiny_plan, tmp_path, "device-3")
-    assert runner.inspected["dead"] == frozenset()
-    for device in ("device-2", "device-3"):
-        assert [r.round for r in records if r.node == device] == [1, 3]
-        parent = runner.inspected["tree"].parent_of[device]
-        assert runner.inspected["counts"][parent] == sum(
-            len(tiny_plan.shards[leaf]) for leaf in runner.inspected["tree"].leaves(parent))
-    assert [r.round for r in records if r.node == "device-1"] == [1, 2, 3]
-    assert runner.inspected["counts"]["cloud-0"] == total_samples(tiny_plan)
-    hosts = [a for a in runner.inspected["actors"] if a.name == "device-host-1"]
-    assert sorted(a.state for a in hosts) == ["ALIVE", "DEAD"]  # the dead one and its successor
-    events = read_events(tmp_path / "events.parquet")
-    assert {"declare_dead", "drop_leaf"} <= {e.kind for e in events if e.node == "device-3"}
-    assert sorted(e.node for e in events if e.kind == "rejoin") == ["device-2", "device-3"]
-
-
-def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host(ray_session, config, tiny_plan,
-                                                                      tmp_path):
-    """Devices two to a host (device-host-0: device-0, 1; device-host-1: device-2, 3).
-    Round 1: edge-0 dies; its devices, on a shared host, move to edge-1. Round 2:
-    device-1 leaves its host alone; device-0 on the same host carries on. Round 3:
-    device-host-1 dies with both its devices. The root keeps every bridge sample."""
-    config = packed(config, device=2).with_rounds(3)  # edges one to a host: edge-0 dies alone
+def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoin(
+        ray_session, config, tiny_plan, tmp_path):
+    """Devices two to a host (device-host-0: device-0, 1; device-host-1: device-2, 3),
+    edges one to a host, dead devices re-join. Round 1: edge-0 dies; its devices, on a
+    shared host, move to edge-1. Round 2: device-1 leaves its host alone; device-0 on the
+    same host carries on. Round 3: device-host-1 dies with both its devices. Each dead
+    device drops out (its samples stay with its ancestors) and re-joins at the start of
+    the next round, restored from its last checkpoint: device-1 on its own host,
+    device-2 and device-3 on a new device-host-1. The root keeps every bridge sample."""
+    config = packed(config, device=2).with_changes(
+        training={"rounds": 4}, supervision={"rejoin_dead_leaves": True})
     runner = InspectingRunner(replace(tiny_plan, config=config))
-    kill_during_round(runner, "edge-0", 1)
+    killed = kill_during_round(runner, "edge-0", 1)  # before any checkpoint: moves need none
     kill_during_round(runner, "device-1", 2, stop=True)
     kill_during_round(runner, "device-2", 3)
     records = execute(runner, tmp_path, echo=lambda line: None)
     inspected = runner.inspected
-    assert inspected["dead"] == {"edge-0", "device-1", "device-2", "device-3"}
+    assert inspected["dead"] == {"edge-0"}
     assert inspected["tree"].children("edge-1") == ["device-0", "device-1", "device-2", "device-3"]
     assert inspected["counts"]["cloud-0"] == inspected["counts"]["edge-1"] == total_samples(tiny_plan)
     rounds = lambda node: sorted({r.round for r in records if r.node == node})
-    assert rounds("device-0") == [1, 2, 3]  # its sibling's departure did not touch it
-    assert rounds("device-1") == [1] and rounds("device-2") == rounds("device-3") == [1, 2]
-    assert rounds("cloud-0") == [1, 2, 3]
-    hosts = {a.name: a.state for a in inspected["actors"] if a.class_name == "NodeHost"}
-    assert hosts["device-host-0"] == "ALIVE" and "edge-0" not in [
-        name for name, state in hosts.items() if state == "ALIVE"]
+    assert rounds("device-0") == [1, 2, 3, 4]  # its sibling's departure did not touch it
+    assert rounds("device-1") == [1, 3, 4]
+    assert rounds("device-2") == rounds("device-3") == [1, 2, 4]
+    assert rounds("cloud-0") == [1, 2, 3, 4]
+    hosts = [(a.name, a.state) for a in inspected["actors"] if a.class_name == "NodeHost"]
+    assert ("edge-0", "ALIVE") not in hosts and hosts.count(("device-host-0", "ALIVE")) == 1
+    assert sorted(state for name, state in hosts if name == "device-host-1") == ["ALIVE", "DEAD"]
     events = read_events(tmp_path / "events.parquet")
+    death = next(e for e in events if e.kind == "declare_dead")
+    supervision = config.supervision
+    assert death.node == "edge-0" and death.round == 1
+    assert death.monotonic_s - killed["at"] <= supervision.heartbeat_interval_s * supervision.max_missed + 1
     assert {e.node for e in events if e.kind == "reparent"} == {"device-0", "device-1"}
-    assert {e.node for e in events if e.kind == "drop_leaf"} == {"device-1", "device-2", "device-3"}
+    moved = {"device-1", "device-2", "device-3"}
+    assert {e.node for e in events if e.kind == "drop_leaf"} == moved
+    assert sorted(e.node for e in events if e.kind == "rejoin") == sorted(moved)

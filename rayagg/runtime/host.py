@@ -103,7 +103,11 @@ class NodeHost:
 
     def nodes(self) -> list[str]:
         """The nodes this host runs now (stopped ones excluded)."""
-        return [node for node in self._nodes if node not in self._stopped]
+        # Snapshots first: the heartbeat thread calls this while a call may add or remove a
+        # node, and iterating a dict that changes size raises. list() and set() copy in
+        # one step under the GIL.
+        carried, stopped = list(self._nodes), set(self._stopped)
+        return [node for node in carried if node not in stopped]
 
     def start_heartbeats(self, supervisor: Any, interval_s: float) -> None:
         """Sends ``supervisor.heartbeat(nodes)`` for the nodes it runs every ``interval_s``

@@ -123,6 +123,7 @@ class RayRunner:
         restoring = [self._restore_call(node) for node in live] if resume is not None else []
         await_all([call for call in restoring if call is not None], self._runtime.startup_timeout_s)
         self._sync_bridge_samples()
+        self._repair()
 
     def _stored_bridge_samples(self, resume: Optional[RunState]) -> Optional[tuple[pathlib.Path, str]]:
         """(path, SHA-256) of the bridge-sample store a resumed run reads, or None: a fresh
@@ -170,8 +171,8 @@ class RayRunner:
         if self._supervision.rejoin_dead_leaves:
             for leaf in sorted(n for n in self.dead if self.tree.is_leaf(n)):
                 self.recovery.rejoin(leaf)
-            self._repair()
         for attempt in (1, 2):
+            self._repair()  # every node the tree counts as live runs before calls go out
             settled = self._wait(self._submit_pairs(), context=f"round {self.round_index}")
             if not settled.failed:
                 return
@@ -215,6 +216,7 @@ class RayRunner:
         return self._call_live("save_checkpoint", lambda node: (str(directory / f"{node}.pt"),))
 
     def _call_live(self, method: str, args=lambda node: ()) -> dict[str, Any]:
+        self._repair()
         live = [n for n in self.tree.nodes if n not in self.dead]
         return self._wait([self.hosts.call(n, method, *args(n)) for n in live]).values
 
@@ -232,11 +234,6 @@ class RayRunner:
         self._settle(pending)
 
     # ---------------------------------------------------------------- recovery
-
-    def supervise(self) -> None:
-        """Asks the supervisor to decide now and applies its decision in full."""
-        self.recovery.tick()
-        self._repair()
 
     def _wait(self, pending: list[Call], context: str = "") -> Settled:
         """Waits for ``pending`` while supervising, then repairs what the supervisor decided."""

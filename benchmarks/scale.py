@@ -67,13 +67,14 @@ class MeasuredRunner(RayRunner):
         self.round_s.append(time.monotonic() - started)
 
     def close(self) -> None:
+        timeout_s = self.plan.config.runtime.startup_timeout_s
         self.hosts_now = dict(zip(self.hosts.handles, ray.get(
-            [handle.ready.remote() for handle in self.hosts.handles.values()])))
+            [handle.ready.remote() for handle in self.hosts.handles.values()], timeout=timeout_s)))
         self.empty_mb = {}
         for name, layout in self.hosts.layout.items():
             if len(layout.nodes) > 1 and layout.tier not in self.empty_mb:
                 empty = NodeHost.options(num_cpus=0, namespace=self.namespace).remote(ray.put(self.plan), name, [])
-                self.empty_mb[layout.tier] = ray.get(empty.ready.remote())["rss_mb"]
+                self.empty_mb[layout.tier] = ray.get(empty.ready.remote(), timeout=timeout_s)["rss_mb"]
                 ray.kill(empty)
         super().close()
 

@@ -141,11 +141,6 @@ def _sidecar(path: pathlib.Path) -> pathlib.Path:
     return path.with_suffix(".sha256")
 
 
-def _sha256(path: pathlib.Path) -> str:
-    """Return the sha256 hex digest of the file at ``path`` (CheckpointError if unreadable)."""
-    return file_sha256(path)
-
-
 def save(encoder: Encoder, decoder: Decoder, path: pathlib.Path, *, meta: dict) -> str:
     """Write the pair to ``path`` atomically plus a ``.sha256`` sidecar; return the digest.
 
@@ -187,7 +182,7 @@ def _verify(path: pathlib.Path) -> str:
         raise CheckpointError(f"autoencoder weights {path}: sha256 sidecar {sidecar} is missing")
     tokens = sidecar.read_text().split()
     expected = tokens[0].lower() if tokens else "<empty>"
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if expected != actual:
         raise CheckpointError(
             f"autoencoder weights {path} do not match their sidecar: "

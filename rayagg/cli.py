@@ -210,15 +210,21 @@ def check(config_path: str) -> None:
     modules) and runs a forward and backward pass on a dummy batch of the data set's
     shape, and checks the data set's files are where the config says.
     """
+    from collections import Counter
+
     from rayagg import preflight
     from rayagg.config import load_config
+    from rayagg.packing import pack
+    from rayagg.plan import make_tree
 
     with _user_errors():
         config = load_config(config_path)
         preflight.check_inputs(config)
+        hosts = Counter(host.tier for host in pack(config, make_tree(config)))
         for tier, count in zip(config.tree.tiers, config.tree.counts()):
-            hosts = -(-count // tier.nodes_per_actor)
-            packing = "" if tier.nodes_per_actor == 1 else f", {tier.nodes_per_actor} per host actor ({hosts} host{'s' * (hosts > 1)})"
+            packed = hosts[tier.name]
+            packing = "" if tier.nodes_per_actor == 1 else \
+                f", {tier.nodes_per_actor} per host actor ({packed} host{'s' * (packed > 1)})"
             click.echo(f"{tier.name}: {count} x {tier.model}{packing}  {tier.resources.model_dump()} per node")
 
 

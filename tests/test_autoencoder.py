@@ -11,6 +11,7 @@ from torch import nn
 
 from rayagg import autoencoder as ae
 from rayagg.errors import CheckpointError, ConfigError
+from rayagg.files import file_sha256
 from rayagg.models import build_model, count_parameters
 
 SHAPES = [(1, 28), (3, 32)]
@@ -177,7 +178,7 @@ def test_missing_file_raises(tmp_path):
 def test_garbage_with_matching_sidecar_raises(tmp_path):
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"this is not a torch checkpoint")
-    path.with_suffix(".sha256").write_text(ae._sha256(path) + "\n")
+    path.with_suffix(".sha256").write_text(file_sha256(path) + "\n")
     with pytest.raises(CheckpointError, match="cannot be read") as info:
         ae.load(path)
     assert info.value.__cause__ is not None
@@ -186,7 +187,7 @@ def test_garbage_with_matching_sidecar_raises(tmp_path):
 def test_wrong_content_with_matching_sidecar_raises(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, path)
-    path.with_suffix(".sha256").write_text(ae._sha256(path) + "\n")
+    path.with_suffix(".sha256").write_text(file_sha256(path) + "\n")
     with pytest.raises(CheckpointError, match="not an autoencoder"):
         ae.load(path)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 import resource
+import sys
 import threading
 import time
 from collections import Counter
@@ -61,7 +62,7 @@ class NodeHost:
 
     def _build(self, plan: Plan, nodes: list[str]) -> None:
         layout = next(h for h in packing.pack(plan.config, plan.tree) if h.name == self._name)
-        resources = plan.config.tree.tiers[plan.tree.tier_of[layout.nodes[0]]].resources
+        resources = plan.tier(layout.nodes[0]).resources
         if resources.num_gpus == 0:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
             # them see every GPU of the machine; hide them before CUDA initialises.
@@ -123,7 +124,10 @@ class NodeHost:
         def beat() -> None:
             while True:  # a daemon thread: it ends with the actor's process
                 time.sleep(interval_s)
-                supervisor.heartbeat.remote(self.nodes())
+                try:
+                    supervisor.heartbeat.remote(self.nodes())
+                except Exception as exc:  # keep beating: one failed send must not silence the host
+                    print(f"{self._name}: heartbeat not sent: {exc!r}", file=sys.stderr, flush=True)
 
         threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
 

@@ -163,7 +163,6 @@ def _echo_hosts(run_dir: pathlib.Path, dead: list[str]) -> None:
     function of the config): packed tiers host by host, the others in one line."""
     from rayagg import packing
     from rayagg.config import load_config
-    from rayagg.plan import make_tree
 
     if not (run_dir / "config.yaml").is_file():
         return
@@ -172,7 +171,7 @@ def _echo_hosts(run_dir: pathlib.Path, dead: list[str]) -> None:
     except ConfigError as exc:
         click.echo(f"hosts: unknown, config.yaml is not valid ({str(exc).splitlines()[0]})")
         return
-    hosts = packing.pack(config, make_tree(config))
+    hosts = packing.pack(config)
     click.echo("hosts:")
     for tier in config.tree.tiers:
         ours = [host for host in hosts if host.tier == tier.name]
@@ -183,6 +182,28 @@ def _echo_hosts(run_dir: pathlib.Path, dead: list[str]) -> None:
             gone = [node for node in host.nodes if node in dead]
             note = f"  (dead: {packing.describe_nodes(gone)})" if gone else ""
             click.echo(f"  {host.name:<16} {packing.describe_nodes(host.nodes)}{note}")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
+@click.option("--devices", type=click.IntRange(min=0), default=None, help="Target count of active devices.")
+@click.option("--add", type=click.IntRange(min=0), default=None, help="Devices to add.")
+@click.option("--remove", type=click.IntRange(min=0), default=None, help="Devices to remove.")
+def scale(run_dir: str, devices: Optional[int], add: Optional[int], remove: Optional[int]) -> None:
+    """Change a live run's elastic device count at its next round boundary.
+
+    Finds the run's Ray cluster and namespace in RUN_DIR/live.json, leaves the request with
+    the run's supervisor, prints what will happen and exits (it does not wait). Joining
+    devices take returning devices first (with their models), then unused shards; leaving
+    ones go highest index first, drained after their last round. The count must lie within
+    the leaf tier's elastic range; a run that finished or is not live is an error.
+    """
+    from rayagg.control import scale as scale_run
+
+    with _user_errors():
+        if [devices, add, remove].count(None) != 2:
+            raise click.UsageError("give exactly one of --devices, --add or --remove")
+        click.echo(f"rayagg: {scale_run(run_dir, devices=devices, add=add, remove=remove)}")
 
 
 @main.command("pretrain-autoencoder")
@@ -215,12 +236,11 @@ def check(config_path: str) -> None:
     from rayagg import preflight
     from rayagg.config import load_config
     from rayagg.packing import pack
-    from rayagg.plan import make_tree
 
     with _user_errors():
         config = load_config(config_path)
         preflight.check_inputs(config)
-        hosts = Counter(host.tier for host in pack(config, make_tree(config)))
+        hosts = Counter(host.tier for host in pack(config))
         for tier, count in zip(config.tree.tiers, config.tree.counts()):
             packed = hosts[tier.name]
             packing = "" if tier.nodes_per_actor == 1 else \

@@ -68,6 +68,58 @@ class Resources(_Section):
         return value
 
 
+class ScheduleStep(_Section):
+    """From round ``round`` on, the elastic tier aims for ``devices`` active devices."""
+
+    round: int = Field(ge=1)
+    devices: int = Field(ge=1)
+
+
+class Churn(_Section):
+    """Random churn: before each round every active device leaves with probability
+    ``leave`` and every device of the range that is away (left, failed or never joined)
+    joins with probability ``join``. Drawn from ``seed`` and the round number alone, so a
+    seed gives the same membership every time; the count stays within the range."""
+
+    leave: float = Field(ge=0, le=1)
+    join: float = Field(ge=0, le=1)
+    seed: int = 0
+
+
+class Elastic(_Section):
+    """The leaf tier's membership changes between rounds (rayagg/membership.py).
+
+    The data set is partitioned once into ``max_devices`` shards, one per possible device
+    (``device-0`` .. ``device-<max-1>``); the tier's ``count`` devices are active at
+    start. Joins and leaves happen at round boundaries, from ``rayagg scale`` requests,
+    the ``schedule`` or the ``churn`` model (one of the two at most).
+    """
+
+    min_devices: int = Field(ge=1)
+    max_devices: int = Field(ge=1)
+    schedule: list[ScheduleStep] = Field(default_factory=list)
+    churn: Optional[Churn] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Elastic":
+        if self.min_devices > self.max_devices:
+            raise ValueError(f"min_devices {self.min_devices} > max_devices {self.max_devices}")
+        if self.schedule and self.churn is not None:
+            raise ValueError("give a schedule or a churn model, not both")
+        rounds = [step.round for step in self.schedule]
+        if rounds != sorted(set(rounds)):
+            raise ValueError(f"schedule rounds must increase strictly (got {rounds})")
+        for step in self.schedule:
+            self.check_count(step.devices, f"schedule at round {step.round}")
+        return self
+
+    def check_count(self, devices: int, what: str) -> None:
+        """Raises ValueError unless ``devices`` lies within the range."""
+        if not self.min_devices <= devices <= self.max_devices:
+            raise ValueError(f"{what}: {devices} devices is outside the range "
+                             f"[{self.min_devices}, {self.max_devices}]")
+
+
 class Tier(_Section):
     """One level of the tree. ``count`` is the tier's total, ``fanout`` its children per parent.
 
@@ -83,6 +135,7 @@ class Tier(_Section):
     fanout: Optional[int] = Field(None, ge=1)
     nodes_per_actor: int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
+    elastic: Optional[Elastic] = None  # the leaf tier only: devices join and leave
 
     @field_validator("name")
     @classmethod
@@ -128,16 +181,36 @@ class TreeConfig(_Section):
             if (tier.count is None) == (tier.fanout is None):
                 raise ValueError(f"tier {tier.name!r} needs exactly one of count or fanout")
         self.counts()  # raises on counts that do not divide
+        for tier in self.tiers[:-1]:
+            if tier.elastic is not None:
+                raise ValueError(f"tier {tier.name!r}: only the leaf tier may be elastic")
+        if self.elastic is not None:
+            self.elastic.check_count(self.counts()[-1], f"tier {self.tiers[-1].name!r} count")
         return self
 
+    @property
+    def elastic(self) -> Optional[Elastic]:
+        """The leaf tier's elastic range, or None for a fixed tree."""
+        return self.tiers[-1].elastic
+
+    def capacities(self) -> list[int]:
+        """Nodes per tier that may ever exist: ``counts()``, but ``max_devices`` for an
+        elastic leaf tier (every possible device has a name, a shard and a host slot)."""
+        counts = self.counts()
+        if self.elastic is not None:
+            counts[-1] = self.elastic.max_devices
+        return counts
+
     def counts(self) -> list[int]:
-        """Returns the number of nodes per tier; raises ValueError if a count does not divide."""
+        """Returns the number of nodes per tier at start; raises ValueError if a count does not
+        divide by the tier above (an elastic leaf tier's may: it is spread as evenly as it goes)."""
         counts = [1]
         for tier in self.tiers[1:]:
             if tier.fanout is not None:
                 counts.append(counts[-1] * tier.fanout)
                 continue
-            if tier.count % counts[-1]:
+            # An elastic tier's devices come and go anyway: its start need not be even.
+            if tier.count % counts[-1] and tier.elastic is None:
                 raise ValueError(
                     f"tier {tier.name!r}: count {tier.count} is not divisible by the "
                     f"{counts[-1]} nodes of the tier above")
@@ -222,7 +295,7 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _enough_samples_per_leaf(self) -> "RunConfig":
-        leaves = self.tree.counts()[-1]
+        leaves = self.tree.capacities()[-1]
         needed = leaves * self.data.min_samples_per_device
         if self.data.train_samples is not None and self.data.train_samples < needed:
             raise ValueError(

@@ -11,8 +11,9 @@ from typing import Optional
 
 from rayagg import checkpoint
 from rayagg.data import Dataset
-from rayagg.errors import TrainingError
+from rayagg.errors import ConfigError, TrainingError
 from rayagg.events import Event
+from rayagg.membership import Change
 from rayagg.node import NodeState
 from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data
 from rayagg.rundir import RunState
@@ -23,16 +24,21 @@ class LocalRunner:
     """Runs every node of ``plan``'s tree as a :class:`NodeState` in this process."""
 
     def __init__(self, plan: Plan, dataset: Dataset):
+        elastic = plan.config.tree.elastic
+        if elastic is not None and (elastic.schedule or elastic.churn):
+            raise ConfigError("the in-process driver trains a fixed tree: an elastic schedule or "
+                              "churn model needs the Ray runtime (drop --local)")
         self.plan = plan
         self.tree: Tree = plan.tree
         self._dataset = dataset
         self._test = evaluation_split(plan, dataset)
         self.nodes: dict[str, NodeState] = {}
         self.dead: frozenset[str] = frozenset()  # no failures in one process
+        self.left: frozenset[str] = frozenset()  # nor devices leaving
         self.events: list[Event] = []
         self.round_index = 0
         self.checkpoint: Optional[RunState] = None
-        self.bridge_store: Optional[pathlib.Path] = None  # leaves encode again on resume
+        self.bridge_stores: list[pathlib.Path] = []  # leaves encode again on resume
 
     def connect(self) -> None:
         """Nothing to connect to: everything runs in this process."""
@@ -56,6 +62,13 @@ class LocalRunner:
 
     def _local(self, node: str):
         return local_data(self.plan, node, self._dataset) if self.tree.is_leaf(node) else None
+
+    def plan_membership(self, round_index: int) -> Change:
+        """The tree stays as the plan made it."""
+        return Change()
+
+    def change_membership(self, change: Change) -> None:
+        raise ConfigError("the in-process driver cannot change its tree's membership")
 
     def train_round(self) -> None:
         """Runs every pair once; TrainingError (a diverged node) names the round too."""

@@ -60,6 +60,11 @@ class RunDirError(RayaggError):
     """A run directory cannot be used: it holds another run, is not a run, or is a file."""
 
 
+class ScaleError(RayaggError):
+    """A scale request cannot be delivered or was refused: the run is not live or has
+    finished, its leaf tier is not elastic, or the count is outside its range."""
+
+
 class ClusterError(RayaggError):
     """The Ray cluster cannot be reached or joined; the message names the address."""
 

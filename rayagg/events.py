@@ -15,7 +15,7 @@ SCHEMA = pa.schema([("at", pa.float64()), ("monotonic_s", pa.float64()), ("round
 
 
 class EventKind(str, Enum):
-    """What an event records. The first five are the supervisor's actions
+    """What an event records. The first seven are the supervisor's actions
     (``supervision.ActionKind``) as the runner applied them."""
 
     DECLARE_DEAD = "declare_dead"
@@ -23,7 +23,10 @@ class EventKind(str, Enum):
     DROP_LEAF = "drop_leaf"
     RESTART = "restart"
     REJOIN = "rejoin"
-    RESTART_FRESH = "restart_fresh"  # a restarted node had no checkpoint yet
+    JOIN = "join"  # an elastic device joined (new, or returning with its model)
+    LEAVE = "leave"  # an elastic device left at a round boundary
+    MEMBERSHIP = "membership"  # the elastic tier changes before a round: how many, and why
+    JOIN_FAILED = "join_failed"  # a device died while joining; it stays away    RESTART_FRESH = "restart_fresh"  # a restarted node had no checkpoint yet
     RETRY = "retry"  # a round lost a node and runs again on the repaired tree
     RESUME = "resume"  # a run continued from its last checkpoint
 

@@ -47,17 +47,22 @@ def tier_means(records: list[NodeMetrics], tier_names: list[str]) -> dict[str, f
 
 
 def summary_line(round_index: int, rounds: int, records: list[NodeMetrics],
-                 tier_names: list[str]) -> str:
-    """E.g. ``round 3/5  cloud 81.2%  edge 78.0%  device 70.1%  (41.3 s)``; non-root tiers are means."""
+                 tier_names: list[str], counted: str = "") -> str:
+    """E.g. ``round 3/5  cloud 81.2%  edge 78.0%  device 70.1%  (41.3 s)``; non-root tiers are
+    means. ``counted`` names a tier (an elastic one) whose live nodes are counted too:
+    ``device 70.1% of 30``."""
     means = tier_means(records, tier_names)
     parts = [f"{tier} {100 * acc:5.1f}%" for tier, acc in means.items()]
+    if counted in means:
+        parts[list(means).index(counted)] += f" of {sum(r.tier == counted for r in records)}"
     return f"round {round_index}/{rounds}  " + "  ".join(parts) + f"  ({records[0].round_s:.1f} s)"
 
 
 def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathlib.Path,
                   events: Sequence = ()) -> None:
     """Draws mean test accuracy per tier per round to a PNG; deaths, restarts and
-    resumes are marked with a dashed line at their round."""
+    resumes are marked with a dashed line at their round, devices joining and leaving
+    with a dotted line between the rounds they came between (``+21 -3``)."""
     import matplotlib  # imported here: a plot is optional work at the very end of a run
 
     matplotlib.use("Agg")
@@ -77,6 +82,10 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
         ax.axvline(round_index, color="grey", linestyle="--", alpha=0.6)
         ax.annotate(", ".join(sorted(set(nodes))), (round_index, ax.get_ylim()[1]), fontsize=7,
                     rotation=90, va="top", ha="right", color="grey")
+    for boundary, label in membership_marks(events).items():
+        ax.axvline(boundary, color="tab:purple", linestyle=":", alpha=0.8)
+        ax.annotate(label, (boundary, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom",
+                    ha="right", color="tab:purple")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
@@ -86,3 +95,14 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def membership_marks(events: Sequence) -> dict[float, str]:
+    """Where the plot marks elastic devices joining and leaving: the boundary between the
+    round an event was logged in and the next (x = round + 0.5) -> e.g. ``+21 -3``."""
+    changes: dict[float, list[int]] = {}
+    for event in events:
+        if event.kind in ("join", "leave") and event.node:
+            counts = changes.setdefault(event.round + 0.5, [0, 0])
+            counts[event.kind == "leave"] += 1
+    return {x: " ".join(f"{sign}{n}" for sign, n in zip("+-", counts) if n) for x, counts in sorted(changes.items())}

@@ -1,9 +1,12 @@
 """Which host actor carries which tree nodes. Pure code: no Ray, no torch.
 
 A tier's ``nodes_per_actor`` packs its nodes, in index order, onto host actors of at
-most that many nodes each. The packing is a function of the config and the tree's
-node names alone, so the driver, every host and ``rayagg status`` compute the same
-one without asking each other.
+most that many nodes each. The packing is a function of the config alone (node names
+are ``<tier>-<index>``), so the driver, every host and ``rayagg status`` compute the
+same one without asking each other. An elastic leaf tier is packed for every device
+it may ever have (``max_devices``): a joining device is a node on its host, started
+with the host if the host is not running yet; a host whose devices all left is
+stopped, which lets an autoscaler release its machine.
 
 Names: with ``nodes_per_actor: 1`` (the default) a host is named after its one node
 (``edge-2``), as when every node was its own actor; packed hosts are named
@@ -15,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rayagg.config import RunConfig
-from rayagg.tree import Tree
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,12 @@ class Host:
     nodes: tuple[str, ...]
 
 
-def pack(config: RunConfig, tree: Tree) -> list[Host]:
+def pack(config: RunConfig) -> list[Host]:
     """Every host of the run, tier by tier from the root; a tier's last host may carry
     fewer nodes than ``nodes_per_actor``."""
     hosts = []
-    for depth, tier in enumerate(config.tree.tiers):
-        nodes = tree.nodes_of_tier(depth)
+    for tier, capacity in zip(config.tree.tiers, config.tree.capacities()):
+        nodes = [f"{tier.name}-{index}" for index in range(capacity)]
         size = tier.nodes_per_actor
         for start in range(0, len(nodes), size):
             chunk = tuple(nodes[start:start + size])

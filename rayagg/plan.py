@@ -34,7 +34,18 @@ class Plan:
     autoencoder_digest: str
 
     def tier(self, node: str) -> Tier:
-        return self.config.tree.tiers[self.tree.tier_of[node]]
+        """``node``'s tier, from its name (an elastic device may not be in the tree yet)."""
+        return self.config.tree.tiers[self.tier_index(node)]
+
+    def tier_index(self, node: str) -> int:
+        name = node.rpartition("-")[0]
+        for index, tier in enumerate(self.config.tree.tiers):
+            if tier.name == name:
+                return index
+        raise KeyError(f"{node} is not a node name of this run's tiers")
+
+    def is_leaf(self, node: str) -> bool:
+        return self.tier_index(node) == len(self.config.tree.tiers) - 1
 
 
 def make_tree(config: RunConfig) -> Tree:
@@ -52,14 +63,17 @@ def make_plan(config: RunConfig, dataset: Optional[data.Dataset] = None) -> Plan
     """Splits the data, partitions it over the leaves and pretrains (or loads) the autoencoder.
 
     The public slice that trains the autoencoder is drawn first and is no leaf's shard;
-    the test split is used only for evaluation.
+    the test split is used only for evaluation. An elastic leaf tier is partitioned for
+    ``max_devices`` shards: the tree starts with ``count`` of them, the rest wait for
+    their devices to join.
     """
     dataset = dataset or load_data(config)
     cfg, seed = config.data, config.training.seed
     tree = make_tree(config)
     public, private = data.split_public(len(dataset.train_labels), cfg.public_samples, seed)
     private = data.take_subset(private, cfg.train_samples, seed)
-    leaves = tree.nodes_of_tier(len(tree.tier_names) - 1)
+    leaf_tier = config.tree.tiers[-1].name
+    leaves = [f"{leaf_tier}-{index}" for index in range(config.tree.capacities()[-1])]
     labels = dataset.train_labels.numpy()
     if cfg.partition == "iid":
         shards = data.partition_iid(labels, private, len(leaves), seed)
@@ -105,7 +119,7 @@ def build_node(plan: Plan, node: str, local: Optional[LocalData] = None, *,
     gets ``local`` (from :func:`local_data`) and the encoder. ``frozen`` is the process's
     shared autoencoder (loaded from the plan when not given)."""
     config, tier = plan.config, plan.tier(node)
-    leaf = plan.tree.is_leaf(node)
+    leaf = plan.is_leaf(node)
     if leaf and local is None:
         raise ValueError(f"{node} is a leaf: build_node needs its local data")
     channels, size, _ = plan.image_shape

@@ -22,6 +22,7 @@ from rayagg.rundir import (RunState, check_new_run_dir, earlier_events, earlier_
 from rayagg.tree import Tree
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
+    from rayagg.membership import Change
     from rayagg.plan import Plan
 
 
@@ -30,19 +31,23 @@ class Runner(Protocol):
 
     ``checkpoint`` is the manifest of the last complete checkpoint (set by ``start`` when
     resuming and by the loop after each cut): restarted nodes are restored from it.
-    ``bridge_store`` is the durable bridge-sample file ``start`` wrote, if any.
+    ``bridge_stores`` are the durable bridge-sample files written so far (at start, and
+    when elastic devices joined); ``left`` the elastic devices that left.
     """
 
     plan: Plan
     tree: Tree
     dead: frozenset
+    left: frozenset
     events: list[Event]
     round_index: int
     checkpoint: Optional[RunState]
-    bridge_store: Optional[pathlib.Path]
+    bridge_stores: list[pathlib.Path]
 
     def connect(self) -> None: ...
     def start(self, run_dir: pathlib.Path, resume: Optional[RunState] = None) -> None: ...
+    def plan_membership(self, round_index: int) -> Change: ...
+    def change_membership(self, change: Change) -> None: ...
     def train_round(self) -> None: ...
     def evaluate(self) -> dict[str, tuple[float, float, float]]: ...
     def bridge_sample_counts(self) -> dict[str, int]: ...
@@ -136,6 +141,7 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "config.yaml", config.to_yaml().encode())
     tier_names, rounds = list(runner.tree.tier_names), config.training.rounds
+    counted = tier_names[-1] if config.tree.elastic is not None else ""
     try:
         runner.connect()
         with stop.handling_signals():
@@ -148,16 +154,19 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
             for round_index in range(runner.round_index + 1, rounds + 1):
                 if stop.requested:
                     break
+                _change_membership(runner, out_dir, round_index)
                 started = time.perf_counter()
                 runner.train_round()
                 round_s = time.perf_counter() - started
+                # One row per node evaluated, so the rows of a round are the nodes that were
+                # live in it: which elastic devices were active is read from them.
                 this_round = [NodeMetrics(round_index, node, runner.tree.tier_name(node), acc, loss,
                                           work_s, round_s)
                               for node, (acc, loss, work_s) in runner.evaluate().items()]
                 records += this_round
                 write_metrics(records, out_dir / "metrics.parquet")
                 shown = _report_events(runner, out_dir, echo, shown)
-                echo(summary_line(round_index, rounds, this_round, tier_names))
+                echo(summary_line(round_index, rounds, this_round, tier_names, counted))
                 due = round_index % config.supervision.checkpoint_every == 0 or round_index == rounds
                 if due or stop.requested:
                     _checkpoint(runner, out_dir, round_index)
@@ -172,6 +181,17 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
         _report_events(runner, out_dir, echo, shown)
         runner.close()
     return records
+
+
+def _change_membership(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None:
+    """Elastic devices join and leave before ``round_index``. Leavers are drained: they
+    finished the last round, and a cut of it is written first if none was due, so each
+    keeps its latest model for when it comes back."""
+    change = runner.plan_membership(round_index)
+    if change.leaves and runner.checkpoint is not None and runner.checkpoint.round < round_index - 1:
+        _checkpoint(runner, out_dir, round_index - 1)
+    if change:
+        runner.change_membership(change)
 
 
 def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None:
@@ -193,12 +213,12 @@ def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None
         for node, digest in runner.save_checkpoints(directory).items():
             relative = manifest_key(directory / f"{node}.pt", out_dir)
             checkpoints[node], digests[relative] = relative, digest
-    if runner.bridge_store is not None:
-        # The store never changes after start-up: hash it once, then carry its digest over.
-        known = previous.digest_of(runner.bridge_store, out_dir) if previous else None
-        relative = manifest_key(runner.bridge_store, out_dir)
-        digests[relative] = known or file_sha256(runner.bridge_store)
-    state = RunState(round_index, dict(runner.tree.parent_of), sorted(runner.dead), checkpoints, digests)
+    for path in runner.bridge_stores:
+        # A store never changes once written: hash it once, then carry its digest over.
+        known = previous.digest_of(path, out_dir) if previous else None
+        digests[manifest_key(path, out_dir)] = known or file_sha256(path)
+    state = RunState(round_index, dict(runner.tree.parent_of), sorted(runner.dead), checkpoints, digests,
+                     sorted(runner.left))
     state.save(out_dir)
     runner.checkpoint = state
     prune_checkpoints(out_dir, state)

@@ -11,9 +11,11 @@ Ray starts or any file changes.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
+import socket
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -27,10 +29,13 @@ if TYPE_CHECKING:  # plan imports torch; reading a manifest does not need it
     from rayagg.config import RunConfig
     from rayagg.plan import Plan
 
-FORMAT = 2
+FORMAT = 3  # 3 added ``left``; a format-2 manifest reads as one where no device left
+_READABLE_FORMATS = (2, 3)
 STATE_FILE = "state.json"
+LIVE_FILE = "live.json"  # while a Ray run trains: where to reach it (rayagg scale)
 # What rayagg writes into a run directory: any of these marks the directory as a run.
-RUN_FILES = (STATE_FILE, "config.yaml", "metrics.parquet", "events.parquet", "checkpoints", "bridge")
+RUN_FILES = (STATE_FILE, "config.yaml", "metrics.parquet", "events.parquet", "checkpoints", "bridge",
+             LIVE_FILE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -40,9 +45,11 @@ class RunState:
 
     ``round`` is the last round it holds (0: the nodes' seeded initial state, written once
     the bridge samples are stored); ``parent_of`` and ``dead`` the tree as it was then
-    (after any re-parenting); ``checkpoints`` each node's checkpoint file, relative to
-    the run directory (a dead node keeps the one from before it died; a node without
-    one starts from its seed); ``digests`` the SHA-256 of every file a resume reads.
+    (after any re-parenting and every join: an elastic device is in it once it joined);
+    ``left`` the elastic devices that left (they are also in ``dead``: not running);
+    ``checkpoints`` each node's checkpoint file, relative to the run directory (a dead or
+    left node keeps its last one; a node without one starts from its seed); ``digests``
+    the SHA-256 of every file a resume reads, the bridge-sample stores among them.
     """
 
     round: int
@@ -50,6 +57,7 @@ class RunState:
     dead: list
     checkpoints: dict = field(default_factory=dict)
     digests: dict = field(default_factory=dict)
+    left: list = field(default_factory=list)
 
     def save(self, run_dir: pathlib.Path) -> None:
         """Replaces RUN_DIR/state.json atomically and durably: this is the commit of a cut."""
@@ -70,7 +78,7 @@ class RunState:
             raise CheckpointError(f"{path} is corrupt: not readable JSON ({exc})") from exc
         if not isinstance(record, dict):
             raise CheckpointError(f"{path} is corrupt: not a JSON object")
-        if record.get("format") != FORMAT:
+        if record.get("format") not in _READABLE_FORMATS:
             raise CheckpointError(f"{path} has format {record.get('format')!r}, expected {FORMAT}: "
                                   "written by another rayagg version, which this one cannot resume")
         body = {key: value for key, value in record.items() if key not in ("format", "sha256")}
@@ -94,13 +102,22 @@ class RunState:
         """The SHA-256 this cut records for the file at ``path``, or None if it lists none."""
         return self.digests.get(manifest_key(path, run_dir))
 
+    def bridge_stores(self, run_dir: pathlib.Path) -> dict[pathlib.Path, str]:
+        """The bridge-sample stores this cut lists (path -> SHA-256): the one written at
+        start and one per round in which devices joined."""
+        return {pathlib.Path(run_dir) / relative: digest for relative, digest in sorted(self.digests.items())
+                if pathlib.PurePath(relative).parts[0] == "bridge"}
+
     def tree(self, like: Tree) -> Tree:
-        return Tree(like.tier_names, like.tier_of, dict(self.parent_of))
+        """The checkpoint's tree (with the tiers of ``like``): it may hold devices that
+        joined after the run started."""
+        return Tree.from_parents(like.tier_names, self.parent_of)
 
     def _check_shape(self, path: pathlib.Path) -> None:
         ok = (isinstance(self.round, int) and self.round >= 0 and isinstance(self.parent_of, dict)
               and isinstance(self.dead, list) and isinstance(self.checkpoints, dict)
-              and isinstance(self.digests, dict)
+              and isinstance(self.digests, dict) and isinstance(self.left, list)
+              and set(self.left) <= set(self.dead)
               and all(isinstance(d, str) and _SHA256.match(d) for d in self.digests.values())
               and all(p in self.digests for p in self.checkpoints.values()))
         if not ok:
@@ -129,6 +146,34 @@ def missing_manifest(run_dir: pathlib.Path) -> str:
     return f"{run_dir} is not a rayagg run directory (no {STATE_FILE}, no config.yaml)"
 
 
+# ------------------------------------------------------------------ live runs
+
+def write_live(run_dir: pathlib.Path, address: str, namespace: str, pid: int, hostname: str) -> None:
+    """Records where the run training in ``run_dir`` can be reached: its Ray cluster's GCS
+    address and the run's namespace (its supervisor actor is ``supervisor`` there)."""
+    record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname}
+    write_atomic(pathlib.Path(run_dir) / LIVE_FILE, json.dumps(record, indent=1).encode())
+
+
+def read_live(run_dir: pathlib.Path) -> Optional[dict]:
+    """The live record of ``run_dir``, or None when no run trains there (or it crashed
+    before it could remove the record: the caller finds nothing at the address)."""
+    path = pathlib.Path(run_dir) / LIVE_FILE
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is corrupt: {exc}") from exc
+    if not isinstance(record, dict) or not {"address", "namespace"} <= set(record):
+        raise RunDirError(f"{path} is corrupt: it lacks the address or the namespace")
+    return record
+
+
+def clear_live(run_dir: pathlib.Path) -> None:
+    (pathlib.Path(run_dir) / LIVE_FILE).unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------ run directories
 
 def holds_run(path: pathlib.Path) -> bool:
@@ -149,9 +194,36 @@ def check_new_run_dir(path: pathlib.Path, overwrite: bool = False) -> None:
     if not holds_run(path):
         raise RunDirError(f"{path} is not empty and holds no rayagg run: choose a new or empty "
                           "directory (rayagg never writes into, or clears, other directories)")
+    check_not_live(path)
     if not overwrite:
         raise RunDirError(f"{path} already holds a run ({describe_progress(path)}): continue it with "
                           f"--resume {path}, or replace it with --overwrite")
+
+
+def check_not_live(path: pathlib.Path) -> None:
+    """RunDirError when a run may still be training in ``path`` (its live record names a
+    process that runs, or one on another machine): no second run may write there."""
+    live = read_live(path)
+    if live is None:
+        return
+    here = live.get("hostname") == socket.gethostname()
+    if here and not _process_exists(live.get("pid")):
+        return  # the record of a run that crashed before it could remove it
+    where = f"pid {live.get('pid')}" + ("" if here else f" on {live.get('hostname')}")
+    raise RunDirError(f"a run is training in {path} ({where}): stop it first (if it is gone, "
+                      f"delete {path / LIVE_FILE})")
+
+
+def _process_exists(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def clear_run_dir(path: pathlib.Path) -> None:
@@ -218,11 +290,9 @@ def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:
     from rayagg import store  # imports torch, which reading a manifest does not need
 
     run_dir = pathlib.Path(run_dir)
+    check_not_live(run_dir)
     state = RunState.load(run_dir)
-    if set(state.parent_of) != set(plan.tree.nodes):
-        raise CheckpointError(f"{run_dir / STATE_FILE}: the checkpoint's tree "
-                              f"({len(state.parent_of)} nodes) is not CONFIG's tree "
-                              f"({len(plan.tree.nodes)} nodes)")
+    _check_tree_fits(state, plan, run_dir / STATE_FILE)
     rounds = plan.config.training.rounds
     if state.round >= rounds:
         raise ConfigError(f"{run_dir} already finished round {state.round} of {rounds}: "
@@ -232,13 +302,32 @@ def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:
         if file_sha256(run_dir / relative) != digest:
             raise CheckpointError(f"{run_dir / relative} is corrupt: its SHA-256 differs from the "
                                   f"one recorded in {STATE_FILE} (truncated, altered or replaced)")
-    bridge = store.store_path(run_dir, plan.tree.root)
-    if state.digest_of(bridge, run_dir) is not None:  # its digest was verified just above
-        expected = {leaf: len(shard) for leaf, shard in plan.shards.items()}
-        store.read_bridge_samples(bridge, expected_counts=expected)
+    stores = state.bridge_stores(run_dir)
+    if stores:  # their digests were verified just above
+        store.read_bridge_stores(list(stores), expected_counts=expected_bridge_counts(state, plan))
     earlier_records(run_dir, state.round)
     earlier_events(run_dir)
     return state
+
+
+def _check_tree_fits(state: RunState, plan: "Plan", path: pathlib.Path) -> None:
+    """The checkpoint's tree must be CONFIG's: the same nodes, except that an elastic
+    tier's devices may be any that CONFIG's range allows."""
+    nodes, expected = set(state.parent_of), set(plan.tree.nodes)
+    if plan.config.tree.elastic is not None:
+        leaves = set(plan.tree.nodes_of_tier(len(plan.tree.tier_names) - 1))
+        fits = nodes - set(plan.shards) == expected - leaves and nodes & set(plan.shards)
+    else:
+        fits = nodes == expected
+    if not fits:
+        raise CheckpointError(f"{path}: the checkpoint's tree ({len(nodes)} nodes) is not CONFIG's "
+                              f"tree ({len(expected)} nodes)")
+
+
+def expected_bridge_counts(state: RunState, plan: "Plan") -> dict[str, int]:
+    """leaf -> bridge samples, for every leaf of the checkpoint's tree (devices that joined
+    later encoded then; those that never joined have none)."""
+    return {leaf: len(plan.shards[leaf]) for leaf in state.parent_of if leaf in plan.shards}
 
 
 def earlier_records(run_dir: pathlib.Path, last_round: int) -> list[NodeMetrics]:

@@ -34,6 +34,11 @@ def store_path(run_dir: pathlib.Path, node: str) -> pathlib.Path:
     return pathlib.Path(run_dir) / "bridge" / f"{node}.parquet"
 
 
+def joined_store_path(run_dir: pathlib.Path, round_index: int) -> pathlib.Path:
+    """Where the bridge samples of devices that joined before ``round_index`` are kept."""
+    return pathlib.Path(run_dir) / "bridge" / f"joined-round-{round_index:04d}.parquet"
+
+
 def write_bridge_samples(samples: Iterable[BridgeSamples], path: pathlib.Path) -> int:
     """Writes ``samples`` to ``path`` atomically; returns the number of rows written.
 
@@ -144,12 +149,35 @@ def read_bridge_samples(path: pathlib.Path, *, expected_counts: Optional[Mapping
                                     labels[rows].astype(np.int64, copy=False)))
 
     if expected_counts is not None:
-        expected = dict(expected_counts)
-        missing = sorted(set(expected) - set(counts))
-        extra = sorted(set(counts) - set(expected))
-        wrong = {d: f"{counts[d]} != {expected[d]}" for d in sorted(set(expected) & set(counts))
-                 if counts[d] != expected[d]}
-        if missing or extra or wrong:
-            raise fail(f"devices differ from the expected ones: missing {missing}, extra {extra}, "
-                       f"wrong counts (stored != expected) {wrong}")
+        _check_counts(counts, expected_counts, fail)
     return result
+
+
+def read_bridge_stores(paths: list[pathlib.Path], *, expected_counts: Mapping[str, int],
+                       sha256: Optional[Mapping[pathlib.Path, str]] = None) -> list[BridgeSamples]:
+    """Reads several stores (the one written at start and those of later joins) as one:
+    each device must appear in exactly one of them and the union must be
+    ``expected_counts``. CheckpointError naming the file(s) otherwise."""
+    samples, where = [], {}
+    for path in paths:
+        for item in read_bridge_samples(path, sha256=(sha256 or {}).get(path)):
+            if item.leaf in where:
+                raise CheckpointError(f"bridge-sample stores {where[item.leaf]} and {path} both hold "
+                                      f"device {item.leaf}")
+            where[item.leaf] = path
+            samples.append(item)
+    names = ", ".join(str(path) for path in paths)
+    _check_counts({item.leaf: len(item.labels) for item in samples}, expected_counts,
+                  lambda problem: CheckpointError(f"bridge-sample stores {names}: {problem}"))
+    return samples
+
+
+def _check_counts(counts: Mapping[str, int], expected_counts: Mapping[str, int], fail) -> None:
+    expected = dict(expected_counts)
+    missing = sorted(set(expected) - set(counts))
+    extra = sorted(set(counts) - set(expected))
+    wrong = {d: f"{counts[d]} != {expected[d]}" for d in sorted(set(expected) & set(counts))
+             if counts[d] != expected[d]}
+    if missing or extra or wrong:
+        raise fail(f"devices differ from the expected ones: missing {missing}, extra {extra}, "
+                   f"wrong counts (stored != expected) {wrong}")

@@ -15,6 +15,10 @@ What a death does depends on where the node sits:
 * a leaf (a device) leaves the rounds; its bridge samples stay with its ancestors.
 
 A dead node keeps its place and name in the tree (a dead edge just has no children).
+
+Elastic devices (rayagg/membership.py) :func:`join` and :func:`leave` at round
+boundaries through the same state: a device that left is dead to supervision (no
+heartbeats expected) and also in ``left``; joining spends no restart.
 """
 from __future__ import annotations
 
@@ -82,6 +86,8 @@ class ActionKind(str, Enum):
     DROP_LEAF = "drop_leaf"
     RESTART = "restart"
     REJOIN = "rejoin"
+    JOIN = "join"
+    LEAVE = "leave"
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,32 @@ class Rejoin(Action):
         return f"{self.node} re-joined under {self.new_parent}{moved} (restart {self.restarts})"
 
 
+@dataclass(frozen=True)
+class Join(Action):
+    """Build the elastic device ``node`` (already encoded or restored) under ``parent``;
+    ``returning``: it was in the tree before (it left or died) and comes back with its
+    model."""
+
+    parent: str
+    returning: bool
+    kind: ClassVar[ActionKind] = ActionKind.JOIN
+
+    def describe(self) -> str:
+        how = "returning with its model" if self.returning else "new, with its encoded shard"
+        return f"{self.node} joined under {self.parent} ({how})"
+
+
+@dataclass(frozen=True)
+class Leave(Action):
+    """The elastic device ``node`` leaves after its last round: it stops running, its
+    bridge samples stay with its ancestors and its last checkpoint is kept."""
+
+    kind: ClassVar[ActionKind] = ActionKind.LEAVE
+
+    def describe(self) -> str:
+        return f"{self.node} left (drained: its bridge samples stay with its ancestors)"
+
+
 def describe(action: Action) -> str:
     """A one-line account of ``action`` for the run log."""
     return action.describe()
@@ -165,13 +197,14 @@ def describe(action: Action) -> str:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the supervisor tells the runner: the actions to apply, in order; the tree and
-    the dead set once they are applied; and ``fatal``, a message, when a death cannot be
-    absorbed (the run must stop)."""
+    """What the supervisor tells the runner: the actions to apply, in order; the tree, the
+    dead set and the devices that left (a subset of dead) once they are applied; and
+    ``fatal``, a message, when a death cannot be absorbed (the run must stop)."""
 
     actions: tuple[Action, ...]
     tree: Tree
     dead: frozenset[str]
+    left: frozenset[str] = frozenset()
     fatal: Optional[str] = None
 
 
@@ -194,6 +227,7 @@ class SupervisorState:
     # its current wait ends; its start-up timeout bounds how long that may take.
     starting: frozenset[str] = frozenset()
     load: Mapping[str, int] = field(default_factory=dict)  # bridge samples per node; missing = 0
+    left: frozenset[str] = frozenset()  # elastic devices that left (also in dead)
     policy: Policy = Policy()
 
     @classmethod
@@ -211,12 +245,11 @@ def heartbeat(state: SupervisorState, node: str, now: float) -> SupervisorState:
 def heartbeats(state: SupervisorState, nodes: Iterable[str], now: float) -> SupervisorState:
     """Records one host actor's heartbeat arriving at ``now``: it covers every node the
     host runs (a host that dies goes silent for all of them at once). Dead nodes are
-    ignored (their actor is being killed or they left their host). Raises ValueError for
-    a node not in the tree."""
+    ignored (their actor is being killed or they left their host), and so are nodes not
+    in the tree: an elastic device built on its host and encoding, before it joins."""
     last_seen, heard = dict(state.last_seen), set()
     for node in nodes:
-        _check_node(state, node)
-        if node not in state.dead:
+        if node in state.tree.tier_of and node not in state.dead:
             last_seen[node] = max(now, last_seen.get(node, now))  # a late stamp never rewinds
             heard.add(node)
     return replace(state, last_seen=last_seen, starting=state.starting - heard)
@@ -359,6 +392,49 @@ def rejoin(state: SupervisorState, node: str, now: float) -> tuple[SupervisorSta
         state = _move(state, node, new_parent)
     state, restart = _restart(state, node, now)
     return state, Rejoin(node, old_parent, new_parent, restart.restarts)
+
+
+def join(state: SupervisorState, node: str, samples: int, now: float) -> tuple[SupervisorState, Join]:
+    """The elastic device ``node`` joins under the least-loaded live node of the tier
+    above (fewest bridge samples; the balancing policy's place once it lands). A new
+    device enters the tree, its ``samples`` counted in its new ancestors' load; a
+    returning one (a dead or left leaf) is no longer dead and may move. Either way it
+    has a fresh deadline from its first heartbeat and spends no restart.
+
+    Raises ValueError for a node that is live already, NoSurvivorError when no node of
+    the tier above is alive.
+    """
+    tree = state.tree
+    returning = node in tree.tier_of
+    if returning and (not tree.is_leaf(node) or node not in state.dead):
+        raise ValueError(f"{node} is not a leaf that is away: it cannot join")
+    above = len(tree.tier_names) - 2
+    parents = [n for n in tree.nodes_of_tier(above) if n not in state.dead]
+    if not parents:
+        raise NoSurvivorError(f"{node} cannot join: no {tree.tier_names[above]} is alive",
+                              node=node, tier=tree.tier_names[-1])
+    parent = least_loaded(parents, state.load)
+    if returning:
+        if parent != tree.parent_of[node]:
+            state = _move(state, node, parent)
+    else:
+        load = dict(state.load)
+        for holder in [node, parent, *tree.ancestors(parent)]:
+            load[holder] = load.get(holder, 0) + samples
+        state = replace(state, tree=tree.with_leaf(node, parent), load=load)
+    state = replace(state, dead=state.dead - {node}, left=state.left - {node},
+                    last_seen={**state.last_seen, node: now}, starting=state.starting | {node})
+    return state, Join(node, parent, returning)
+
+
+def leave(state: SupervisorState, node: str) -> tuple[SupervisorState, Leave]:
+    """The live leaf ``node`` leaves: dead to supervision (no heartbeats expected) and in
+    ``left``; its load stays with its ancestors, which keep its bridge samples. Raises
+    ValueError unless ``node`` is a live leaf."""
+    _check_node(state, node)
+    if not state.tree.is_leaf(node) or node in state.dead:
+        raise ValueError(f"{node} is not a live leaf: it cannot leave")
+    return replace(state, dead=state.dead | {node}, left=state.left | {node}), Leave(node)
 
 
 def _move(state: SupervisorState, orphan: str, new_parent: str) -> SupervisorState:

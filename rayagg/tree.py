@@ -20,15 +20,15 @@ class Tree:
 
     @classmethod
     def balanced(cls, tier_names: Sequence[str], counts: Sequence[int]) -> "Tree":
-        """Builds a tree where node i of a tier hangs under node i // fanout of the tier above."""
+        """Builds a tree where node i of a tier of n nodes hangs under node i * m // n of the
+        m nodes above: i // fanout when n divides by m, else as evenly as it goes."""
         tier_of: dict[str, int] = {}
         parent_of: dict[str, Optional[str]] = {}
         for tier, (name, count) in enumerate(zip(tier_names, counts)):
-            fanout = count // counts[tier - 1] if tier else 0
             for index in range(count):
                 node = f"{name}-{index}"
                 tier_of[node] = tier
-                parent_of[node] = f"{tier_names[tier - 1]}-{index // fanout}" if tier else None
+                parent_of[node] = f"{tier_names[tier - 1]}-{index * counts[tier - 1] // count}" if tier else None
         return cls(tuple(tier_names), tier_of, parent_of)
 
     @property
@@ -94,6 +94,33 @@ class Tree:
         if self.tier_of[new_parent] != self.tier_of[node] - 1:
             raise ValueError(f"{new_parent} is not in the tier above {node}")
         return Tree(self.tier_names, self.tier_of, {**self.parent_of, node: new_parent})
+
+    def with_leaf(self, leaf: str, parent: str) -> "Tree":
+        """Returns a tree where the new leaf ``leaf`` (named ``<leaf tier>-<index>``) hangs
+        under ``parent`` of the tier above: an elastic device joining. Raises ValueError
+        for a name already in the tree, of another tier, or a parent not above it."""
+        tier = len(self.tier_names) - 1
+        if leaf in self.tier_of:
+            raise ValueError(f"{leaf} is already in the tree")
+        name, _, index = leaf.rpartition("-")
+        if name != self.tier_names[tier] or not index.isdigit():
+            raise ValueError(f"{leaf} is not a name of the leaf tier {self.tier_names[tier]!r}")
+        if self.tier_of.get(parent) != tier - 1:
+            raise ValueError(f"{parent} is not in the tier above {leaf}")
+        return Tree(self.tier_names, {**self.tier_of, leaf: tier}, {**self.parent_of, leaf: parent})
+
+    @classmethod
+    def from_parents(cls, tier_names: Sequence[str], parent_of: Mapping[str, Optional[str]]) -> "Tree":
+        """The tree of ``parent_of`` (as a checkpoint records it); tiers come from the node
+        names. Raises ValueError for a name of no tier."""
+        tiers = {name: index for index, name in enumerate(tier_names)}
+        tier_of = {}
+        for node in parent_of:
+            name = node.rpartition("-")[0]
+            if name not in tiers:
+                raise ValueError(f"{node} is not a node name of the tiers {list(tier_names)}")
+            tier_of[node] = tiers[name]
+        return cls(tuple(tier_names), tier_of, dict(parent_of))
 
 
 def _node_order(tree: Tree):

@@ -9,18 +9,18 @@ from rayagg.runtime.resources import ClusterNode, check_cluster, ray_request
 
 
 def test_default_packing_is_one_actor_per_node_named_after_it(tiny_config):
-    hosts = pack(tiny_config, make_tree(tiny_config))
+    hosts = pack(tiny_config)
     assert [h.name for h in hosts] == make_tree(tiny_config).nodes
     assert all(h.nodes == (h.name,) for h in hosts)
 
 
 def test_packed_tiers_fill_hosts_in_index_order(tiny_config):
     config = packed(tiny_config, device=3, edge=2)
-    hosts = {h.name: h.nodes for h in pack(config, make_tree(config))}
+    hosts = {h.name: h.nodes for h in pack(config)}
     assert hosts == {"cloud-0": ("cloud-0",), "edge-host-0": ("edge-0", "edge-1"),
                      "device-host-0": ("device-0", "device-1", "device-2"),
                      "device-host-1": ("device-3",)}
-    home = home_hosts(pack(config, make_tree(config)))
+    home = home_hosts(pack(config))
     assert home["device-3"] == "device-host-1" and len(home) == 7
 
 

@@ -13,13 +13,15 @@ from typing import Any
 from rayagg.tree import Tree
 
 
-def training_leaves(tree: Tree, dead: frozenset[str], node: str, keep_dead_leaf_samples: bool) -> list[str]:
+def training_leaves(tree: Tree, dead: frozenset[str], node: str, keep_dead_leaf_samples: bool,
+                    left: frozenset[str] = frozenset()) -> list[str]:
     """The leaves whose bridge samples ``node`` trains on: its subtree's, less dead leaves
-    when their samples are not kept."""
+    when their samples are not kept. Devices that ``left`` (drained, not failed) always
+    keep theirs."""
     leaves = tree.leaves(node)
     if keep_dead_leaf_samples:
         return leaves
-    return [leaf for leaf in leaves if leaf not in dead]
+    return [leaf for leaf in leaves if leaf not in dead or leaf in left]
 
 
 class BridgeRoutes:
@@ -39,18 +41,24 @@ class BridgeRoutes:
         """Samples read back from the run's store: no node holds any yet."""
         self.refs, self.held = dict(refs), {}
 
+    def joined(self, refs: dict[str, Any]) -> None:
+        """New devices encoded: each keeps its own samples; ``moves`` sends them up."""
+        self.refs.update(refs)
+        self.held.update({leaf: {leaf} for leaf in refs})
+
     def forget(self, node: str) -> None:
         """``node`` was built afresh (restart, re-join): it holds nothing."""
         self.held[node] = set()
 
-    def moves(self, tree: Tree, dead: frozenset[str]) -> list[tuple[str, list[Any], list[str]]]:
+    def moves(self, tree: Tree, dead: frozenset[str],
+              left: frozenset[str] = frozenset()) -> list[tuple[str, list[Any], list[str]]]:
         """(node, refs to add, leaves to drop) for every live node that holds other leaves'
         samples than it trains on, and records the result as held."""
         moves = []
         for node in tree.nodes:
             if node in dead:
                 continue
-            wanted = set(training_leaves(tree, dead, node, self.keep_dead_leaf_samples))
+            wanted = set(training_leaves(tree, dead, node, self.keep_dead_leaf_samples, left))
             held = self.held.get(node, set())
             if wanted != held:
                 moves.append((node, [self.refs[leaf] for leaf in sorted(wanted - held)], sorted(held - wanted)))

@@ -61,7 +61,7 @@ class NodeHost:
             self._start_error = exc
 
     def _build(self, plan: Plan, nodes: list[str]) -> None:
-        layout = next(h for h in packing.pack(plan.config, plan.tree) if h.name == self._name)
+        layout = next(h for h in packing.pack(plan.config) if h.name == self._name)
         resources = plan.tier(layout.nodes[0]).resources
         if resources.num_gpus == 0:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
@@ -75,7 +75,7 @@ class NodeHost:
         # set is freed when ``dataset`` goes out of scope.
         self._test = evaluation_split(plan, dataset)
         self._local: dict[str, LocalData] = {
-            node: local_data(plan, node, dataset) for node in layout.nodes if plan.tree.is_leaf(node)}
+            node: local_data(plan, node, dataset) for node in layout.nodes if plan.is_leaf(node)}
         del dataset
         self._frozen = frozen_autoencoder(plan)
         for node in nodes:

@@ -3,8 +3,9 @@
 The packing (rayagg/packing.py) fixes each host's name, tier and nodes, so a host's
 Ray request is always the sum of its laid-out nodes' requests. A host that dies is
 created again under the same name (and the same request) when one of its nodes is
-restarted or re-joins; a node that dies alone is forgotten by its host, whose other
-nodes carry on.
+restarted, re-joins or (elastic devices) joins; a node that dies or leaves alone is
+forgotten by its host, whose other nodes carry on; a host left with no node is killed,
+which frees its resources (and lets an autoscaler remove an idle machine).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class HostPool:
         self._namespace = namespace
         self._interval_s = heartbeat_interval_s
         self._timeout_s = timeout_s
-        self.layout = {host.name: host for host in packing.pack(plan.config, plan.tree)}
+        self.layout = {host.name: host for host in packing.pack(plan.config)}
         self.home = packing.home_hosts(list(self.layout.values()))
         self.handles: dict[str, Any] = {}  # host -> actor handle, for hosts alive
         self.carried: dict[str, set[str]] = {}  # host -> the nodes it runs now
@@ -87,16 +88,24 @@ class HostPool:
                 for node in sorted(dead):
                     self.handles[host].remove_node.remote(node)
 
-    def revive(self, node: str) -> None:
-        """Builds ``node`` afresh on its home host, creating that host again (same name and
-        request) if it is gone. The caller restores its checkpoint."""
-        host = self.home[node]
-        if host in self.handles:
-            await_all([(node, "add_node", self.handles[host].add_node.remote(node))], self._timeout_s)
-            self.carried[host].add(node)
-            return
-        self._create(host, [node])
-        self._wait_started([host])
+    def revive(self, nodes: list[str]) -> None:
+        """Builds ``nodes`` afresh on their home hosts (restarts, re-joins, joining devices),
+        creating a host again (same name and request) where it is gone, and waits until
+        every one runs. With an autoscaler, a host that fits no machine yet waits for one
+        (up to the start-up timeout). The caller restores checkpoints."""
+        adding, creating = [], {}
+        for node in nodes:
+            host = self.home[node]
+            if host in self.handles:
+                adding.append((node, "add_node", self.handles[host].add_node.remote(node)))
+                self.carried[host].add(node)
+            else:
+                creating.setdefault(host, []).append(node)
+        for host, its_nodes in creating.items():
+            self._create(host, its_nodes)
+        await_all(adding, self._timeout_s)
+        if creating:
+            self._wait_started(list(creating))
 
     def close(self) -> None:
         for handle in self.handles.values():

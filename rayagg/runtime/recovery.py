@@ -17,18 +17,20 @@ from rayagg.errors import NodeDiedError, NodeTimeoutError, RecoveryError
 from rayagg.events import EventKind
 from rayagg.runtime.bridge import BridgeRoutes
 from rayagg.runtime.hosts import HostPool
-from rayagg.supervision import Action, DeclareDead, Decision, DropLeaf, Rejoin, Reparent, Restart
+from rayagg.supervision import Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rejoin, Reparent, Restart
 from rayagg.tree import Tree
 
 
 class Recovery:
-    """Owns the tree and the dead set as the supervisor last decided them."""
+    """Owns the tree, the dead set and the devices that left, as the supervisor last
+    decided them."""
 
     def __init__(self, supervisor: Any, hosts: HostPool, bridge: BridgeRoutes, tree: Tree,
                  dead: frozenset[str], *, timeout_s: float,
-                 log: Callable[[EventKind, str, str], None], restore: Callable[[str], None]):
+                 log: Callable[[EventKind, str, str], None], restore: Callable[[str], None],
+                 left: frozenset[str] = frozenset()):
         self.supervisor = supervisor
-        self.tree, self.dead = tree, dead
+        self.tree, self.dead, self.left = tree, dead, left
         self._hosts, self._bridge = hosts, bridge
         self._timeout_s = timeout_s
         self._log, self._restore = log, restore
@@ -43,11 +45,20 @@ class Recovery:
     def rejoin(self, leaf: str) -> None:
         self.absorb(self._ask(self.supervisor.rejoin.remote(leaf)))
 
+    def change_membership(self, joins: dict[str, int], leaves: list[str]) -> None:
+        """Elastic devices leave, then join (node -> bridge-sample count) at a round boundary."""
+        self.absorb(self._ask(self.supervisor.change_membership.remote(joins, leaves)))
+
+    def take_request(self, round_index: int, rounds: int):
+        """The pending ``rayagg scale`` request (a membership.Request), or None."""
+        return self._ask(self.supervisor.take_request.remote(round_index, rounds))
+
     def report(self, nodes: Iterable[str]) -> None:
-        """Tells the supervisor that calls showed ``nodes`` dead. Synchronous: an async actor
-        may run calls out of order, and a report that overtook the next tick would kill
-        the node's replacement."""
-        nodes = sorted(nodes)
+        """Tells the supervisor that calls showed ``nodes`` dead (nodes outside the tree, a
+        device still joining, are left out). Synchronous: an async actor may run calls out
+        of order, and a report that overtook the next tick would kill the node's
+        replacement."""
+        nodes = sorted(n for n in nodes if n in self.tree.tier_of)
         if nodes:
             self._ask(self.supervisor.report_death.remote(nodes))
 
@@ -68,12 +79,12 @@ class Recovery:
         decision is fatal."""
         if decision.fatal:
             raise RecoveryError(decision.fatal)
-        self.tree, self.dead = decision.tree, decision.dead
+        self.tree, self.dead, self.left = decision.tree, decision.dead, decision.left
         for action in decision.actions:
-            if not isinstance(action, (DeclareDead, Reparent, DropLeaf, Restart, Rejoin)):
+            if not isinstance(action, (DeclareDead, Reparent, DropLeaf, Restart, Rejoin, Join, Leave)):
                 raise TypeError(f"unknown action {action!r}")
             self._log(EventKind(action.kind.value), action.node, action.describe())
-        self._hosts.retire(a.node for a in decision.actions if isinstance(a, DeclareDead))
+        self._hosts.retire(a.node for a in decision.actions if isinstance(a, (DeclareDead, Leave)))
         self._repairs += decision.actions
 
     @property
@@ -86,9 +97,9 @@ class Recovery:
         repeats while that wait brought new decisions."""
         while self._repairs:
             actions, self._repairs = self._repairs, []
-            for action in actions:
-                if isinstance(action, (Restart, Rejoin)) and action.node not in self.dead:
-                    self._hosts.revive(action.node)
-                    self._restore(action.node)
-                    self._bridge.forget(action.node)
+            revived = [a.node for a in actions if isinstance(a, (Restart, Rejoin)) and a.node not in self.dead]
+            self._hosts.revive(revived)
+            for node in revived:
+                self._restore(node)
+                self._bridge.forget(node)
             sync()

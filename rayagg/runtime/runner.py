@@ -19,21 +19,28 @@ Design, from RAY_NOTES.md:
   had finished before the failure train again in the retry.
 * Every wait has a deadline; Ray's exceptions become the project's errors naming the
   node and the call (rayagg/runtime/waiting.py).
+* Elastic devices join and leave between rounds (:meth:`RayRunner.change_membership`):
+  a joining device is built on its host and encodes (or, returning, restores its
+  checkpoint) before the supervisor puts it in the tree, so a device that dies while
+  joining never enters it; its samples then travel up like everyone's.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import pathlib
+import socket
+import time
 from typing import Any, Optional
 
 import ray
 
-from rayagg import store
+from rayagg import membership, rundir, store
 from rayagg.errors import RecoveryError
 from rayagg.events import Event, EventKind
+from rayagg.membership import Change, Members
 from rayagg.plan import Plan
-from rayagg.rundir import RunState
+from rayagg.rundir import RunState, expected_bridge_counts
 from rayagg.runtime.bridge import BridgeRoutes, training_leaves
 from rayagg.runtime.cluster import cluster_nodes, connect, on_driver_node
 from rayagg.runtime.hosts import HostPool
@@ -60,10 +67,11 @@ class RayRunner:
         self.hosts = HostPool(plan, self.namespace, heartbeat_interval_s=self._supervision.heartbeat_interval_s,
                               timeout_s=self._runtime.startup_timeout_s)
         self.bridge = BridgeRoutes(self._supervision.keep_dead_leaf_samples)
-        self._tree, self._dead = plan.tree, frozenset()
+        self._tree, self._dead, self._left = plan.tree, frozenset(), frozenset()
         self.recovery: Optional[Recovery] = None
         self.checkpoint: Optional[RunState] = None  # the last complete cut: restores read it
-        self.bridge_store: Optional[pathlib.Path] = None
+        self.bridge_stores: list[pathlib.Path] = []  # durable copies of every bridge sample
+        self._target: Optional[int] = None  # the elastic tier's standing target (membership.py)
         self._run_dir: Optional[pathlib.Path] = None
         self._started_ray = False
         self._connected = False
@@ -76,6 +84,11 @@ class RayRunner:
     @property
     def dead(self) -> frozenset[str]:
         return self.recovery.dead if self.recovery else self._dead
+
+    @property
+    def left(self) -> frozenset[str]:
+        """Elastic devices that left (also in ``dead``: they do not run)."""
+        return self.recovery.left if self.recovery else self._left
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -104,35 +117,37 @@ class RayRunner:
         self._run_dir = pathlib.Path(run_dir).resolve() if run_dir else None
         if resume is not None:
             self._tree, self._dead, self.round_index = resume.tree(self._tree), frozenset(resume.dead), resume.round
-            self.checkpoint = resume
+            self._left, self.checkpoint = frozenset(resume.left), resume
         self.connect()
         check_cluster(self.plan.config, cluster_nodes(), autoscaling=self._runtime.autoscaling)
         supervisor = SupervisorActor.options(
             name="supervisor", namespace=self.namespace, scheduling_strategy=on_driver_node(),
-        ).remote(self._tree, _policy(self._supervision), self._subtree_sizes(), self._dead)
+        ).remote(self._tree, _policy(self._supervision), self._subtree_sizes(), self._dead, self._left,
+                 self.plan.config.tree.elastic, self.round_index)
         self.recovery = Recovery(supervisor, self.hosts, self.bridge, self._tree, self._dead,
                                  timeout_s=self._runtime.startup_timeout_s, log=self._event,
-                                 restore=self._restore)
+                                 restore=self._restore, left=self._left)
+        if self._run_dir is not None:  # `rayagg scale RUN_DIR` finds the run by this record
+            rundir.write_live(self._run_dir, ray.get_runtime_context().gcs_address, self.namespace,
+                              os.getpid(), socket.gethostname())
         live = [node for node in self.tree.nodes if node not in self.dead]
         self.hosts.start(live, supervisor)
         stored = self._stored_bridge_samples(resume)
-        if stored is None:
-            self._encode_leaves(self._run_dir)
+        if stored:
+            self._read_bridge_samples(stored, resume)
         else:
-            self._read_bridge_samples(*stored)
+            self._encode_leaves(self._run_dir)
         restoring = [self._restore_call(node) for node in live] if resume is not None else []
         await_all([call for call in restoring if call is not None], self._runtime.startup_timeout_s)
         self._sync_bridge_samples()
         self._repair()
 
-    def _stored_bridge_samples(self, resume: Optional[RunState]) -> Optional[tuple[pathlib.Path, str]]:
-        """(path, SHA-256) of the bridge-sample store a resumed run reads, or None: a fresh
-        run, or one whose checkpoint lists no store (made with --local), encodes anew."""
+    def _stored_bridge_samples(self, resume: Optional[RunState]) -> dict[pathlib.Path, str]:
+        """The bridge-sample stores a resumed run reads (path -> SHA-256); none for a fresh
+        run, or one whose checkpoint lists no store (made with --local): it encodes anew."""
         if resume is None or self._run_dir is None:
-            return None
-        path = store.store_path(self._run_dir, self.tree.root)
-        digest = resume.digest_of(path, self._run_dir)
-        return None if digest is None else (path, digest)
+            return {}
+        return resume.bridge_stores(self._run_dir)
 
     def _encode_leaves(self, run_dir: Optional[pathlib.Path]) -> None:
         leaves = [n for n in self.tree.nodes if self.tree.is_leaf(n)]
@@ -140,19 +155,24 @@ class RayRunner:
         self.bridge.encoded({leaf: ref for leaf, _, ref in calls})
         if run_dir is not None:
             samples = await_all(calls, self._runtime.round_timeout_s)
-            self.bridge_store = store.store_path(run_dir, self.tree.root)
-            store.write_bridge_samples(samples, self.bridge_store)
+            self._store_bridge_samples(samples, store.store_path(run_dir, self.tree.root))
 
-    def _read_bridge_samples(self, path: pathlib.Path, sha256: str) -> None:
-        """The durable copy replaces the devices: the driver puts (and so owns) each leaf's
+    def _store_bridge_samples(self, samples: list, path: pathlib.Path) -> None:
+        store.write_bridge_samples(samples, path)
+        self.bridge_stores.append(path)
+
+    def _read_bridge_samples(self, stores: dict[pathlib.Path, str], resume: RunState) -> None:
+        """The durable copies replace the devices: the driver puts (and so owns) each leaf's
         samples again."""
-        expected = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}
-        samples = store.read_bridge_samples(path, expected_counts=expected, sha256=sha256)
-        self.bridge_store = path
+        samples = store.read_bridge_stores(list(stores), sha256=stores,
+                                           expected_counts=expected_bridge_counts(resume, self.plan))
+        self.bridge_stores = list(stores)
         self.bridge.stored({item.leaf: ray.put(item) for item in samples})
 
     def close(self) -> None:
         """Kills the hosts and the supervisor, and stops Ray if this runner started it."""
+        if self._run_dir is not None:
+            rundir.clear_live(self._run_dir)
         self.hosts.close()
         if self.recovery is not None:
             kill(self.recovery.supervisor)
@@ -160,7 +180,7 @@ class RayRunner:
             ray.shutdown()
 
     def _subtree_sizes(self) -> dict[str, int]:
-        size = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}
+        size = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}  # every possible leaf
         return {node: sum(size[leaf] for leaf in self._tree.leaves(node)) for node in self._tree.nodes}
 
     # ---------------------------------------------------------------- rounds
@@ -169,7 +189,7 @@ class RayRunner:
         """Runs every live pair once; a round that loses a node is retried once."""
         self.round_index += 1
         if self._supervision.rejoin_dead_leaves:
-            for leaf in sorted(n for n in self.dead if self.tree.is_leaf(n)):
+            for leaf in sorted(n for n in self.dead - self.left if self.tree.is_leaf(n)):
                 self.recovery.rejoin(leaf)
         for attempt in (1, 2):
             self._repair()  # every node the tree counts as live runs before calls go out
@@ -197,7 +217,59 @@ class RayRunner:
         return pending
 
     def _leaves(self, node: str) -> list[str]:
-        return training_leaves(self.tree, self.dead, node, self._supervision.keep_dead_leaf_samples)
+        return training_leaves(self.tree, self.dead, node, self._supervision.keep_dead_leaf_samples, self.left)
+
+    # ---------------------------------------------------------------- elastic devices
+
+    def plan_membership(self, round_index: int) -> Change:
+        """Who joins and leaves before ``round_index`` (rayagg/membership.py): a pending
+        ``rayagg scale`` request, the schedule or churn. Empty for a fixed tree."""
+        elastic = self.plan.config.tree.elastic
+        if elastic is None:
+            return Change()
+        self._repair()
+        request = self.recovery.take_request(round_index, self.plan.config.training.rounds)
+        change = membership.plan_change(elastic, self.members(), round_index, request, self._target)
+        self._target = change.target
+        if change:
+            self._event(EventKind.MEMBERSHIP, "", change.describe(len(self.members().active)))
+        return change
+
+    def members(self) -> Members:
+        return Members.of(self.tree, self.dead, self.plan.shards)
+
+    def change_membership(self, change: Change) -> None:
+        """Applies ``change`` at a round boundary: leavers stop (their hosts, if emptied,
+        go); joiners are built, encode (new) or restore their checkpoint (returning),
+        enter the tree under the least-loaded parent, and their samples travel up."""
+        if change.leaves:
+            self.recovery.change_membership({}, list(change.leaves))
+        if change.joins:
+            self._join(list(change.joins), change.request)
+        self._repair()
+
+    def _join(self, nodes: list[str], request: Optional[membership.Request]) -> None:
+        started = time.time()
+        returning = {node for node in nodes if node in self.tree.tier_of}
+        self.hosts.revive(nodes)
+        calls = [self.hosts.call(node, "encode") for node in nodes if node not in returning]
+        calls += [call for call in map(self._restore_call, sorted(returning)) if call is not None]
+        settled = self._settle(calls, context="joining")
+        failed = [node for node in nodes if node in settled.died]
+        for node in failed:
+            self._event(EventKind.JOIN_FAILED, node, f"{node} died while joining; it stays away")
+        self.hosts.retire(failed)
+        ready = [node for node in nodes if node not in settled.died]
+        encoded = {n: ref for n, _, ref in calls if n in ready and n not in returning}
+        self.recovery.change_membership({n: len(self.plan.shards[n]) for n in ready}, [])
+        self.bridge.joined(encoded)
+        for node in returning & set(ready):
+            self.bridge.forget(node)  # built afresh: it holds nothing, not even its own samples
+        if encoded and self._run_dir is not None:
+            path = store.joined_store_path(self._run_dir, self.round_index + 1)
+            self._store_bridge_samples([settled.values[n] for n in encoded], path)
+        waited = f"; requested {started - request.at:.1f} s before" if request else ""
+        self._event(EventKind.MEMBERSHIP, "", f"{len(ready)} device(s) joined in {time.time() - started:.1f} s{waited}")
 
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
         """Scores every live node; a node that dies meanwhile is left out."""
@@ -226,7 +298,7 @@ class RayRunner:
         """Sends every live node the refs of the leaves it should hold but does not (all of
         them at start, a moved subtree's after re-parenting, everything after a restart)."""
         pending = []
-        for node, refs, dropped in self.bridge.moves(self.tree, self.dead):
+        for node, refs, dropped in self.bridge.moves(self.tree, self.dead, self.left):
             if refs:
                 pending.append(self.hosts.call(node, "add_bridge_samples", *refs))
             if dropped:

@@ -2,6 +2,10 @@
 pure policy's decisions (rayagg/supervision.py). It applies nothing itself: the runner
 executes the actions, so every ``ray.kill`` and actor creation has one owner.
 
+It is also the run's control point: ``rayagg scale`` finds it by name (``supervisor`` in
+the run's namespace) and leaves a request that the runner takes at the next round
+boundary (rayagg/membership.py).
+
 It is an async actor with ``num_cpus=0``, placed on the driver's Ray node (it shares the
 driver's fate, not a worker machine's): heartbeats never queue behind anything, and
 it needs no CPU reservation.
@@ -15,6 +19,8 @@ from typing import Iterable, Mapping, Optional
 import ray
 
 from rayagg import supervision
+from rayagg.config import Elastic
+from rayagg.membership import Request
 from rayagg.supervision import Decision, NoSurvivorError, Policy, SupervisorState
 from rayagg.tree import Tree
 
@@ -24,9 +30,13 @@ class SupervisorActor:
     """One per run, named ``supervisor`` in the run's namespace."""
 
     def __init__(self, tree: Tree, policy: Policy, load: Mapping[str, int],
-                 dead: frozenset[str] = frozenset()):
+                 dead: frozenset[str] = frozenset(), left: frozenset[str] = frozenset(),
+                 elastic: Optional[Elastic] = None, round_index: int = 0):
         state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load)
-        self._state = dataclasses.replace(state, dead=frozenset(dead))
+        self._state = dataclasses.replace(state, dead=frozenset(dead), left=frozenset(left))
+        self._elastic = elastic
+        self._request: Optional[Request] = None
+        self._round, self._rounds = round_index, 0  # the round in flight (or done) and the run's last
 
     async def heartbeat(self, nodes: Iterable[str]) -> None:
         """A host's heartbeat, covering the nodes it runs."""
@@ -53,5 +63,59 @@ class SupervisorActor:
             return self._answer([], fatal=str(exc))
         return self._answer([action])
 
+    async def change_membership(self, joins: Mapping[str, int], leaves: Iterable[str]) -> Decision:
+        """Elastic devices leave, then join (node -> its bridge-sample count); see
+        ``supervision.leave`` and ``supervision.join``."""
+        actions = []
+        try:
+            for node in leaves:
+                self._state, action = supervision.leave(self._state, node)
+                actions.append(action)
+            for node, samples in joins.items():
+                self._state, action = supervision.join(self._state, node, samples, time.monotonic())
+                actions.append(action)
+        except NoSurvivorError as exc:
+            return self._answer(actions, fatal=str(exc))
+        return self._answer(actions)
+
+    # ------------------------------------------------------------ scale requests
+
+    async def request_scale(self, devices: Optional[int] = None, add: Optional[int] = None,
+                            remove: Optional[int] = None) -> dict:
+        """A live request for the elastic tier (``rayagg scale``): exactly one of a target
+        count, a number to add or to remove (relative to a request still pending, else to
+        the devices active now). Returns {"ok": bool, "message": str}; a refused request
+        changes nothing."""
+        if self._elastic is None:
+            return _refused("this run's leaf tier is not elastic (no tree.tiers[-1].elastic in its config)")
+        if self._rounds and self._round >= self._rounds:
+            return _refused(f"the run is in its last round ({self._round} of {self._rounds}): "
+                            "no round boundary is left to apply a change at")
+        active = self._active()
+        base = self._request.devices if self._request else active
+        target = devices if devices is not None else base + (add or 0) - (remove or 0)
+        try:
+            self._elastic.check_count(target, "the request")
+        except ValueError as exc:
+            return _refused(str(exc))
+        self._request = Request(target, time.time())
+        return {"ok": True, "message": f"{active} devices active now; {target} from the start of "
+                                       f"round {self._round + 1} (changes wait for a round boundary)"}
+
+    async def take_request(self, round_index: int, rounds: int) -> Optional[Request]:
+        """The runner, at the boundary before ``round_index`` of ``rounds``: the pending
+        request, if any, which it now applies."""
+        self._round, self._rounds = round_index, rounds
+        request, self._request = self._request, None
+        return request
+
+    def _active(self) -> int:
+        tree = self._state.tree
+        return sum(1 for n in tree.nodes_of_tier(len(tree.tier_names) - 1) if n not in self._state.dead)
+
     def _answer(self, actions: list, fatal: Optional[str] = None) -> Decision:
-        return Decision(tuple(actions), self._state.tree, self._state.dead, fatal)
+        return Decision(tuple(actions), self._state.tree, self._state.dead, self._state.left, fatal)
+
+
+def _refused(message: str) -> dict:
+    return {"ok": False, "message": message}

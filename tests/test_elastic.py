@@ -1,0 +1,156 @@
+"""Elastic devices on a real local Ray: one run of jobs/configs/elastic.yaml, made small,
+that grows by its schedule, shrinks and grows again by live requests (the CLI and the
+Python API), and meets a fault at every step of the way.
+
+Devices are packed four to a host (device-host-0: device-0..3, device-host-1:
+device-4..7). Before round 2 the schedule asks for 6 devices: device-3 joins, while
+device-host-1 is killed as device-4 and device-5 encode (they die while joining and stay
+out). Before round 3 the standing target brings them in on a new device-host-1. In round
+3 the edge that adopted device-4 dies, and a scale request to 3 arrives while that
+failure is being recovered. Before round 4 device-5, 4 and 3 leave (drained: a cut of
+round 3 is written although checkpoints are due every 2 rounds), which empties
+device-host-1. Before round 5 `rayagg scale --add 2` brings device-3 and device-4 back
+with the models they left with. The root holds every bridge sample throughout.
+"""
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import ray
+from conftest import InspectingRunner
+
+import rayagg
+from rayagg import rundir, store
+from rayagg.config import load_config
+from rayagg.events import read_events
+from rayagg.plan import make_plan
+from rayagg.run import execute
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+@pytest.fixture(scope="module")
+def config(tiny_config):
+    """elastic.yaml made small: CNNs, 2 edges, 3 to 8 devices (2 to 8 allowed) on 240
+    samples, 5 rounds, checkpoints every 2 rounds; the tests' autoencoder cache."""
+    raw = load_config(CONFIGS / "elastic.yaml").model_dump()
+    cloud, edge, device = raw["tree"]["tiers"]
+    cloud.update(model="cnn", resources={"num_cpus": 0.5})
+    edge.update(count=2)
+    device.update(count=3, nodes_per_actor=4, resources={"num_cpus": 0.05},
+                  elastic={"min_devices": 2, "max_devices": 8, "schedule": [{"round": 2, "devices": 6}]})
+    config = load_config(CONFIGS / "elastic.yaml").with_changes(
+        data={"train_samples": 240, "test_samples": 100}, training={"rounds": 5},
+        supervision={"checkpoint_every": 2}, tree={"tiers": [cloud, edge, device]},
+        autoencoder=tiny_config.autoencoder.model_dump())
+    return config
+
+
+class ChurningRunner(InspectingRunner):
+    """Injects the faults and requests of the module docstring at fixed points."""
+
+    def start(self, run_dir=None, resume=None):
+        self.requested = {}
+        super().start(run_dir, resume)
+        revive = self.hosts.revive
+
+        def revive_then_kill_the_new_host(nodes):
+            revive(nodes)
+            if self.round_index == 1 and "device-host-1" in self.hosts.handles:
+                ray.kill(self.hosts.handles["device-host-1"], no_restart=True)  # mid-join
+        self.hosts.revive = revive_then_kill_the_new_host
+
+    def train_round(self):
+        if self.round_index == 2:  # round 3 is next: kill device-4's new parent in it
+            edge = self.tree.parent_of["device-4"]
+            self.killed_edge = edge
+            threading.Timer(0.5, lambda: ray.kill(self.actors[edge], no_restart=True)).start()
+        super().train_round()
+
+    def _died(self, death):
+        nodes = super()._died(death)
+        if self.round_index == 3 and "during recovery" not in self.requested:
+            self.requested["during recovery"] = rayagg.scale(self._run_dir, devices=3)
+        return nodes
+
+    def plan_membership(self, round_index):
+        if round_index == 5:  # the real CLI, from another process, while the run is live
+            rayagg_cli = pathlib.Path(sys.executable).parent / "rayagg"
+            done = subprocess.run([str(rayagg_cli), "scale", str(self._run_dir), "--add", "2"],
+                                  capture_output=True, text=True, timeout=120)
+            self.requested["cli"] = (done.returncode, done.stdout + done.stderr)
+        return super().plan_membership(round_index)
+
+    def change_membership(self, change):
+        super().change_membership(change)
+        returning = {n for n in change.joins if n in self.checkpoint.checkpoints}
+        if returning:
+            self.returned = {n: s for n, s in self.evaluate().items() if n in returning}
+
+
+@pytest.fixture(scope="module")
+def churned(ray_session, config, tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("elastic-run")
+    plan = make_plan(config, tiny_dataset)
+    runner = ChurningRunner(replace(plan, config=config))
+    started = time.monotonic()
+    records = execute(runner, out, echo=lambda line: None)
+    return runner, records, out, plan, time.monotonic() - started
+
+
+def devices_by_round(records):
+    rounds = {}
+    for r in records:
+        if r.tier == "device":
+            rounds.setdefault(r.round, set()).add(int(r.node.split("-")[1]))
+    return rounds
+
+
+def test_devices_join_and_leave_at_round_boundaries_through_faults(churned):
+    runner, records, out, plan, _ = churned
+    assert devices_by_round(records) == {1: {0, 1, 2}, 2: {0, 1, 2, 3}, 3: {0, 1, 2, 3, 4, 5},
+                                         4: {0, 1, 2}, 5: {0, 1, 2, 3, 4}}
+    events = read_events(out / "events.parquet")
+    by_kind = lambda kind: [(e.round, e.node) for e in events if e.kind == kind]
+    assert by_kind("join_failed") == [(1, "device-4"), (1, "device-5")]
+    assert by_kind("join") == [(1, "device-3"), (2, "device-4"), (2, "device-5"), (4, "device-3"),
+                               (4, "device-4")]
+    assert by_kind("leave") == [(3, "device-5"), (3, "device-4"), (3, "device-3")]
+    assert (3, runner.killed_edge) in by_kind("declare_dead")
+    assert {n for r, n in by_kind("reparent")} >= {"device-4"}  # a child that joined that round
+    # Nothing lost: the root holds the bridge samples of every device that ever joined.
+    joined = [f"device-{i}" for i in range(6)]
+    assert runner.inspected["counts"]["cloud-0"] == sum(len(plan.shards[n]) for n in joined)
+
+
+def test_requests_during_recovery_and_from_the_cli_apply_at_the_next_boundary(churned):
+    runner, _, out, _, _ = churned
+    assert "6 devices active now; 3 from the start of round 4" in runner.requested["during recovery"]
+    code, output = runner.requested["cli"]
+    assert code == 0 and "3 devices active now; 5 from the start of round 5" in output, output
+
+
+def test_a_returning_device_resumes_the_model_it_left_with(churned):
+    runner, records, out, _, _ = churned
+    left_with = {r.node: r.accuracy for r in records if r.round == 3}
+    assert {n: acc for n, (acc, _, _) in runner.returned.items()} == \
+        {"device-3": left_with["device-3"], "device-4": left_with["device-4"]}
+
+
+def test_the_run_directory_records_membership_for_a_resume(churned):
+    runner, _, out, plan, _ = churned
+    state = rundir.RunState.load(out)
+    assert state.left == ["device-5"] and set(state.dead) == {"device-5", runner.killed_edge}
+    assert sorted(state.bridge_stores(out)) == [out / "bridge" / name for name in
+                                                ["cloud-0.parquet", "joined-round-0002.parquet",
+                                                 "joined-round-0003.parquet"]]
+    samples = store.read_bridge_stores(sorted(state.bridge_stores(out)),
+                                       expected_counts=rundir.expected_bridge_counts(state, plan))
+    assert len(samples) == 6
+    assert not (out / rundir.LIVE_FILE).exists()  # removed when the run ended
+    hosts = {(a.name, a.state) for a in runner.inspected["actors"] if a.class_name == "NodeHost"}
+    assert ("device-host-1", "ALIVE") in hosts  # back for device-4

@@ -129,9 +129,10 @@ def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
 def status(run_dir: str) -> None:
     """Show a run's progress and what happened to its tree: the last checkpointed round,
-    the rounds measured, dead nodes, who moved where and why (from RUN_DIR/state.json,
+    the rounds measured, dead nodes, devices that left, whether it is live and where, who
+    joined, left or moved where and why (from RUN_DIR/state.json, live.json,
     metrics.parquet and events.parquet; every file is verified)."""
-    from rayagg import rundir
+    from rayagg import packing, rundir
     from rayagg.metrics import read_metrics
 
     with _user_errors():
@@ -139,14 +140,22 @@ def status(run_dir: str) -> None:
         if not rundir.holds_run(path):
             raise RunDirError(rundir.missing_manifest(path))
         dead: list[str] = []
+        tree, left = None, []
         if (path / rundir.STATE_FILE).is_file():
             state = rundir.RunState.load(path)
-            dead = state.dead
+            dead, tree, left = state.dead, state.parent_of, state.left
             click.echo(f"last checkpointed round: {state.round}")
-            click.echo(f"dead nodes: {', '.join(state.dead) or 'none'}")
+            failed = [node for node in state.dead if node not in state.left]
+            click.echo(f"dead nodes: {', '.join(failed) or 'none'}")
+            if state.left:
+                click.echo(f"devices that left: {packing.describe_nodes(sorted(state.left, key=_index))}")
         else:
             click.echo(f"no checkpoint: {rundir.missing_manifest(path)}")
-        _echo_hosts(path, dead)
+        live = rundir.read_live(path)
+        if live is not None:
+            click.echo(f"live: pid {live.get('pid')} on {live.get('hostname')}, Ray at {live['address']}, "
+                       f"namespace {live['namespace']} (rayagg scale {path} --devices N)")
+        _echo_hosts(path, dead, tree, left)
         if (path / "metrics.parquet").is_file():
             measured = sorted({r.round for r in read_metrics(path / "metrics.parquet")})
             click.echo(f"rounds measured: {measured[-1] if measured else 0}")
@@ -158,9 +167,11 @@ def status(run_dir: str) -> None:
             click.echo("no events: no node failed")
 
 
-def _echo_hosts(run_dir: pathlib.Path, dead: list[str]) -> None:
+def _echo_hosts(run_dir: pathlib.Path, dead: list[str], tree: Optional[dict] = None,
+                left: tuple = ()) -> None:
     """Which nodes each host actor carries, from the run's config.yaml (the packing is a
-    function of the config): packed tiers host by host, the others in one line."""
+    function of the config): packed tiers host by host, the others in one line. ``tree``
+    (the checkpoint's parent_of) tells elastic devices that never joined."""
     from rayagg import packing
     from rayagg.config import load_config
 
@@ -179,8 +190,12 @@ def _echo_hosts(run_dir: pathlib.Path, dead: list[str]) -> None:
             click.echo(f"  {tier.name}: {len(ours)} host(s), one node each")
             continue
         for host in ours:
-            gone = [node for node in host.nodes if node in dead]
-            note = f"  (dead: {packing.describe_nodes(gone)})" if gone else ""
+            notes = [f"{what}: {packing.describe_nodes(nodes)}" for what, nodes in [
+                ("dead", [node for node in host.nodes if node in dead and node not in left]),
+                ("left", [node for node in host.nodes if node in left]),
+                ("never joined", [node for node in host.nodes if tree is not None and node not in tree])]
+                if nodes]
+            note = f"  ({'; '.join(notes)})" if notes else ""
             click.echo(f"  {host.name:<16} {packing.describe_nodes(host.nodes)}{note}")
 
 
@@ -245,7 +260,13 @@ def check(config_path: str) -> None:
             packed = hosts[tier.name]
             packing = "" if tier.nodes_per_actor == 1 else \
                 f", {tier.nodes_per_actor} per host actor ({packed} host{'s' * (packed > 1)})"
-            click.echo(f"{tier.name}: {count} x {tier.model}{packing}  {tier.resources.model_dump()} per node")
+            elastic = f" (elastic: {tier.elastic.min_devices}..{tier.elastic.max_devices})" if tier.elastic else ""
+            click.echo(f"{tier.name}: {count}{elastic} x {tier.model}{packing}  "
+                       f"{tier.resources.model_dump()} per node")
+
+
+def _index(node: str) -> int:
+    return int(node.rsplit("-", 1)[1])
 
 
 def _make_runner(config, address: Optional[str], local: bool):

@@ -11,7 +11,8 @@ kills every Ray process of the user, other sessions' tests included.
 ``fake_autoscaling_cluster`` fixes all four: the config is written inline, resources go
 as plain JSON, the head gets free ports and its own temp dir, and it stops exactly the
 processes it started (its own process session, plus anything naming its temp dir),
-never with ``ray stop``. A head plus each fake node costs one raylet (~15 MB) more.
+never with ``ray stop``. Each fake node is a raylet plus its dashboard and runtime-env
+agents: ~130 MB.
 """
 from __future__ import annotations
 

@@ -21,10 +21,12 @@ from dataclasses import replace
 
 import pytest
 import ray
+from click.testing import CliRunner
 from conftest import InspectingRunner
 
 import rayagg
 from rayagg import rundir, store
+from rayagg.cli import main
 from rayagg.config import load_config
 from rayagg.events import read_events
 from rayagg.plan import make_plan
@@ -154,3 +156,6 @@ def test_the_run_directory_records_membership_for_a_resume(churned):
     assert not (out / rundir.LIVE_FILE).exists()  # removed when the run ended
     hosts = {(a.name, a.state) for a in runner.inspected["actors"] if a.class_name == "NodeHost"}
     assert ("device-host-1", "ALIVE") in hosts  # back for device-4
+    shown = CliRunner().invoke(main, ["status", str(out)]).output
+    assert "devices that left: device-5" in shown
+    assert "device-host-1    device-4..7  (left: device-5; never joined: device-6..7)" in shown

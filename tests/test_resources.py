@@ -30,10 +30,12 @@ def test_a_gpu_no_node_has_names_tier_request_and_nodes():
     assert "tier 'cloud'" in message and "'GPU': 1.0" in message and "10.0.0.1" in message
 
 
-def test_a_request_larger_than_any_single_node():
+def test_a_request_larger_than_any_single_node_waits_only_for_an_autoscaler():
     nodes = [node(cpus=2.0), node(cpus=2.0)]
     with pytest.raises(ResourceError, match="tier 'cloud'"):
-        check_cluster(config(cloud={"num_cpus": 3}), nodes, autoscaling=True)
+        check_cluster(config(cloud={"num_cpus": 3}), nodes, autoscaling=False)
+    # A worker group scaled to zero: the autoscaler launches a machine when the host asks.
+    check_cluster(config(cloud={"num_cpus": 3}), nodes, autoscaling=True)
 
 
 def test_totals_beyond_the_cluster_fail_unless_autoscaling():

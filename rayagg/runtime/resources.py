@@ -62,17 +62,22 @@ def fits(request: Mapping[str, float], labels: Mapping[str, str], node: ClusterN
 def check_cluster(config: RunConfig, nodes: list[ClusterNode], *, autoscaling: bool) -> None:
     """Raises ResourceError if a tier can never be scheduled on ``nodes``.
 
-    Always checked: some single node must fit the largest host actor of each tier (its
-    ``nodes_per_actor`` nodes' requests together). Without an autoscaler also checked:
-    the cluster's totals must fit all nodes at once, else the last hosts would wait
-    forever.
+    Without an autoscaler: some single node must fit the largest host actor of each tier
+    (its ``nodes_per_actor`` nodes' requests together), and the cluster's totals must fit
+    all nodes at once (an elastic tier's ``max_devices``), else the last hosts would wait
+    forever. With one (``runtime.autoscaling``) nothing is checked here: a worker group
+    may be scaled to zero, and a host that fits no machine yet waits for one (a request
+    no node type can satisfy fails after ``startup_timeout_s``, naming the host, its
+    request and the machines up).
     """
     cluster = "\n".join(f"  {node.describe()}" for node in nodes) or "  (no alive nodes)"
     totals: dict[str, float] = {}
-    for tier, count in zip(config.tree.tiers, config.tree.counts()):
+    # An elastic tier counts every device it may ever have: without an autoscaler the
+    # cluster must hold them all, or a join would wait for resources that never come.
+    for tier, count in zip(config.tree.tiers, config.tree.capacities()):
         packed = min(tier.nodes_per_actor, count)
         request = ray_request(tier.resources, packed)
-        if not any(fits(request, tier.resources.labels, node) for node in nodes):
+        if not autoscaling and not any(fits(request, tier.resources.labels, node) for node in nodes):
             labels = f" with labels {tier.resources.labels}" if tier.resources.labels else ""
             carrying = f" (carrying {packed} nodes; lower nodes_per_actor to split it)" if packed > 1 else ""
             raise ResourceError(

@@ -86,8 +86,13 @@ def _value_or_death(ref: Any, node: str, call: str, settled: Settled, context: s
 def await_all(pending: list[Call], timeout_s: float) -> list[Any]:
     """Waits for every call by one deadline, without recovery (start-up, restarts);
     returns the values in order or raises the project's error for the first failure."""
-    refs = [ref for _, _, ref in pending]
-    _, remaining = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    remaining = [ref for _, _, ref in pending]
+    while remaining and time.monotonic() < deadline:
+        # Slices of a second: Python runs signal handlers (Ctrl-C, SIGTERM) only between
+        # them, and a host waiting for an autoscaler may take minutes.
+        _, remaining = ray.wait(remaining, num_returns=len(remaining),
+                                timeout=min(1.0, max(0.0, deadline - time.monotonic())))
     if remaining:
         _time_out(remaining, {ref: (node, call) for node, call, ref in pending}, timeout_s)
     return [get(ref, node, call) for node, call, ref in pending]

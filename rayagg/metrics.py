@@ -84,8 +84,8 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
                     rotation=90, va="top", ha="right", color="grey")
     for boundary, label in membership_marks(events).items():
         ax.axvline(boundary, color="tab:purple", linestyle=":", alpha=0.8)
-        ax.annotate(label, (boundary, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom",
-                    ha="right", color="tab:purple")
+        ax.annotate(label, (boundary, ax.get_ylim()[1]), fontsize=8, va="top", ha="center",
+                    color="tab:purple", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")

@@ -67,10 +67,11 @@ def test_only_the_leaf_tier_may_be_elastic_and_every_shard_needs_samples(elastic
         elastic_config.with_changes(data={"train_samples": 200})
 
 
-def test_the_plan_has_a_shard_for_every_possible_device_and_starts_with_count(tiny_dataset, elastic_config):
+def test_the_plan_has_a_shard_for_every_possible_device_and_starts_with_count(tiny_config, tiny_dataset,
+                                                                             elastic_config):
     from rayagg.plan import make_plan
 
-    config = elastic_config.with_changes(autoencoder={"epochs": 1, "cache_dir": "/tmp/rayagg-test-ae"},
+    config = elastic_config.with_changes(autoencoder=tiny_config.autoencoder.model_dump(),
                                          data={"train_samples": 600})
     plan = make_plan(config, tiny_dataset)
     assert list(plan.shards) == [f"device-{i}" for i in range(30)]
@@ -287,3 +288,12 @@ def membership_scale(run_dir, **request):
     import rayagg
 
     return rayagg.scale(run_dir, **request)
+
+
+def test_the_in_process_driver_refuses_a_schedule_it_cannot_follow(tiny_plan, tiny_dataset, elastic_config):
+    from dataclasses import replace
+
+    from rayagg.driver import LocalRunner
+
+    with pytest.raises(ConfigError, match="needs the Ray runtime"):
+        LocalRunner(replace(tiny_plan, config=elastic_config), tiny_dataset)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from rayagg.config import load_config
 from rayagg.events import read_events
 from rayagg.metrics import read_metrics, tier_means
 
@@ -39,10 +40,12 @@ def main() -> None:
         print(line, end="")
         for after, devices in steps:
             if line.startswith(f"round {after}/"):
-                requested.append((devices, time.time()))
+                sent = time.time()
                 done = subprocess.run([str(RAYAGG), "scale", str(out), "--devices", str(devices)],
                                       capture_output=True, text=True, timeout=120)
-                print(f"$ rayagg scale RUN_DIR --devices {devices}\n{done.stdout}{done.stderr}", end="")
+                requested.append((devices, sent))
+                print(f"$ rayagg scale RUN_DIR --devices {devices}   ({time.time() - sent:.1f} s)\n"
+                      f"{done.stdout}{done.stderr}", end="")
     if run.wait() != 0:
         sys.exit(f"rayagg run exited with {run.returncode}")
     report(out, requested)
@@ -50,7 +53,7 @@ def main() -> None:
 
 def report(out: pathlib.Path, requested: list[tuple[int, float]]) -> None:
     records, events = read_metrics(out / "metrics.parquet"), read_events(out / "events.parquet")
-    tiers = list(dict.fromkeys(r.tier for r in records))
+    tiers = [tier.name for tier in load_config(out / "config.yaml").tree.tiers]
     print("\nround  devices  seconds  " + "  ".join(f"{tier:>6}" for tier in tiers))
     for round_index in sorted({r.round for r in records}):
         rows = [r for r in records if r.round == round_index]
@@ -62,12 +65,14 @@ def report(out: pathlib.Path, requested: list[tuple[int, float]]) -> None:
     for event in changes:
         print(f"  {event.round + 1:>3}  {event.detail}")
     for devices, at in requested:
-        planned = next((e for e in changes if e.at >= at and f"asked for {devices}" in e.detail), None)
-        joined = next((e for e in changes if planned and e.at >= planned.at and "joined in" in e.detail), None)
-        if planned is not None:
-            ready = f"{joined.at - at:.1f} s" if joined else "no device joined"
-            print(f"`rayagg scale --devices {devices}` -> applied {planned.at - at:.1f} s later (the round in "
-                  f"flight ended); new devices ready to train: {ready}")
+        index = next((i for i, e in enumerate(changes) if e.at >= at and f"asked for {devices}" in e.detail), None)
+        if index is None:
+            continue
+        following = changes[index + 1:index + 2]
+        joined = following[0] if following and "joined in" in following[0].detail else None
+        ready = f"new devices ready to train {joined.at - at:.1f} s after the command" if joined else "no join"
+        print(f"`rayagg scale --devices {devices}`: taken {changes[index].at - at:.1f} s after the command "
+              f"(at the end of the round in flight); {ready}")
     print(f"run directory: {out}")
 
 

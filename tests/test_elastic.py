@@ -28,6 +28,7 @@ import rayagg
 from rayagg import rundir, store
 from rayagg.cli import main
 from rayagg.config import load_config
+from rayagg.errors import ScaleError
 from rayagg.events import read_events
 from rayagg.plan import make_plan
 from rayagg.run import execute
@@ -81,6 +82,10 @@ class ChurningRunner(InspectingRunner):
 
     def plan_membership(self, round_index):
         if round_index == 5:  # the real CLI, from another process, while the run is live
+            try:
+                rayagg.scale(self._run_dir, devices=40)
+            except ScaleError as exc:
+                self.requested["out of range"] = str(exc)
             rayagg_cli = pathlib.Path(sys.executable).parent / "rayagg"
             done = subprocess.run([str(rayagg_cli), "scale", str(self._run_dir), "--add", "2"],
                                   capture_output=True, text=True, timeout=120)
@@ -132,6 +137,8 @@ def test_devices_join_and_leave_at_round_boundaries_through_faults(churned):
 def test_requests_during_recovery_and_from_the_cli_apply_at_the_next_boundary(churned):
     runner, _, out, _, _ = churned
     assert "6 devices active now; 3 from the start of round 4" in runner.requested["during recovery"]
+    assert runner.requested["out of range"].endswith("refused: the request: 40 devices is outside the "
+                                                     "range [2, 8]")
     code, output = runner.requested["cli"]
     assert code == 0 and "3 devices active now; 5 from the start of round 5" in output, output
 
@@ -153,6 +160,8 @@ def test_the_run_directory_records_membership_for_a_resume(churned):
     samples = store.read_bridge_stores(sorted(state.bridge_stores(out)),
                                        expected_counts=rundir.expected_bridge_counts(state, plan))
     assert len(samples) == 6
+    longer = replace(plan, config=plan.config.with_rounds(6))
+    assert rundir.load_for_resume(out, longer) == state  # every file a resume reads verifies
     assert not (out / rundir.LIVE_FILE).exists()  # removed when the run ended
     hosts = {(a.name, a.state) for a in runner.inspected["actors"] if a.class_name == "NodeHost"}
     assert ("device-host-1", "ALIVE") in hosts  # back for device-4

@@ -260,7 +260,8 @@ def check(config_path: str) -> None:
             packed = hosts[tier.name]
             packing = "" if tier.nodes_per_actor == 1 else \
                 f", {tier.nodes_per_actor} per host actor ({packed} host{'s' * (packed > 1)})"
-            elastic = f" (elastic: {tier.elastic.min_devices}..{tier.elastic.max_devices})" if tier.elastic else ""
+            elastic = "" if tier.elastic is None else \
+                f" (elastic: {tier.elastic.min_devices}..{tier.elastic.max_devices})"
             click.echo(f"{tier.name}: {count}{elastic} x {tier.model}{packing}  "
                        f"{tier.resources.model_dump()} per node")
 

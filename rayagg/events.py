@@ -26,7 +26,8 @@ class EventKind(str, Enum):
     JOIN = "join"  # an elastic device joined (new, or returning with its model)
     LEAVE = "leave"  # an elastic device left at a round boundary
     MEMBERSHIP = "membership"  # the elastic tier changes before a round: how many, and why
-    JOIN_FAILED = "join_failed"  # a device died while joining; it stays away    RESTART_FRESH = "restart_fresh"  # a restarted node had no checkpoint yet
+    JOIN_FAILED = "join_failed"  # a device died while joining; it stays away
+    RESTART_FRESH = "restart_fresh"  # a restarted node had no checkpoint yet
     RETRY = "retry"  # a round lost a node and runs again on the repaired tree
     RESUME = "resume"  # a run continued from its last checkpoint
 

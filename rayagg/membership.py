@@ -73,8 +73,9 @@ class Change:
 
     def describe(self, active: int) -> str:
         after = active + len(self.joins) - len(self.leaves)
-        parts = [f"{len(self.joins)} join" if self.joins else "", f"{len(self.leaves)} leave" if self.leaves else ""]
-        return f"{active} -> {after} devices ({', '.join(p for p in parts if p)}): {self.reason}"
+        parts = [f"{count} {verb}" for count, verb in [(len(self.joins), "join"), (len(self.leaves), "leave")]
+                 if count]
+        return f"{active} -> {after} devices ({', '.join(parts)}): {self.reason}"
 
 
 def plan_change(elastic: Elastic, members: Members, round_index: int,

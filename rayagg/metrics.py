@@ -105,4 +105,5 @@ def membership_marks(events: Sequence) -> dict[float, str]:
         if event.kind in ("join", "leave") and event.node:
             counts = changes.setdefault(event.round + 0.5, [0, 0])
             counts[event.kind == "leave"] += 1
-    return {x: " ".join(f"{sign}{n}" for sign, n in zip("+-", counts) if n) for x, counts in sorted(changes.items())}
+    return {x: " ".join(f"{sign}{n}" for sign, n in zip("+-", counts) if n)
+            for x, counts in sorted(changes.items())}

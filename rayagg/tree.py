@@ -28,7 +28,8 @@ class Tree:
             for index in range(count):
                 node = f"{name}-{index}"
                 tier_of[node] = tier
-                parent_of[node] = f"{tier_names[tier - 1]}-{index * counts[tier - 1] // count}" if tier else None
+                parent = index * counts[tier - 1] // count if tier else None
+                parent_of[node] = None if parent is None else f"{tier_names[tier - 1]}-{parent}"
         return cls(tuple(tier_names), tier_of, parent_of)
 
     @property

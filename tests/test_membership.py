@@ -245,7 +245,8 @@ def test_a_format_2_manifest_reads_as_one_where_nobody_left(tmp_path):
     record = json.loads((tmp_path / "state.json").read_text())
     body = {k: v for k, v in record.items() if k not in ("format", "sha256", "left")}
     from rayagg.files import sha256_bytes
-    record = {"format": 2, **body, "sha256": sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    record = {"format": 2, **body, "sha256": sha256_bytes(canonical)}
     (tmp_path / "state.json").write_text(json.dumps(record))
     assert rundir.RunState.load(tmp_path).left == []
 

@@ -268,8 +268,10 @@ class RayRunner:
         if encoded and self._run_dir is not None:
             path = store.joined_store_path(self._run_dir, self.round_index + 1)
             self._store_bridge_samples([settled.values[n] for n in encoded], path)
+        self._repair()  # the joined samples travel up the tree
         waited = f"; requested {started - request.at:.1f} s before" if request else ""
-        self._event(EventKind.MEMBERSHIP, "", f"{len(ready)} device(s) joined in {time.time() - started:.1f} s{waited}")
+        self._event(EventKind.MEMBERSHIP, "", f"{len(ready)} device(s) joined in {time.time() - started:.1f} s"
+                                              f"{waited}")
 
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
         """Scores every live node; a node that dies meanwhile is left out."""

@@ -298,3 +298,36 @@ def test_the_in_process_driver_refuses_a_schedule_it_cannot_follow(tiny_plan, ti
 
     with pytest.raises(ConfigError, match="needs the Ray runtime"):
         LocalRunner(replace(tiny_plan, config=elastic_config), tiny_dataset)
+
+
+# ------------------------------------------------------------------ the supervisor's scale requests
+
+
+def supervisor(elastic, *, counts=(1, 2, 4), round_index=0):
+    """The supervisor actor's class run in this process (no Ray): its methods are async."""
+    from rayagg.runtime.supervisor import SupervisorActor
+
+    tree = Tree.balanced(["cloud", "edge", "device"], counts)
+    return SupervisorActor.__ray_metadata__.modified_class(tree, Policy(), {}, elastic=elastic,
+                                                             round_index=round_index)
+
+
+def ask(actor, **request):
+    import asyncio
+
+    return asyncio.run(actor.request_scale(**request))
+
+
+def test_scale_requests_are_checked_against_the_range_and_the_rounds_left():
+    import asyncio
+
+    actor = supervisor(Elastic(min_devices=2, max_devices=8), round_index=3)
+    assert ask(actor, devices=6) == {"ok": True, "message": "4 devices active now; 6 from the start of round 4 "
+                                                            "(changes wait for a round boundary)"}
+    assert ask(actor, add=1)["message"].startswith("4 devices active now; 7 from")  # on the pending 6
+    refused = ask(actor, remove=6)
+    assert not refused["ok"] and "1 devices is outside the range [2, 8]" in refused["message"]
+    taken = asyncio.run(actor.take_request(4, 5))
+    assert taken.devices == 7 and asyncio.run(actor.take_request(5, 5)) is None
+    assert "last round (5 of 5)" in ask(actor, devices=3)["message"]
+    assert "not elastic" in ask(supervisor(None), devices=3)["message"]

@@ -193,7 +193,8 @@ def _echo_hosts(run_dir: pathlib.Path, dead: list[str], tree: Optional[dict] = N
             notes = [f"{what}: {packing.describe_nodes(nodes)}" for what, nodes in [
                 ("dead", [node for node in host.nodes if node in dead and node not in left]),
                 ("left", [node for node in host.nodes if node in left]),
-                ("never joined", [node for node in host.nodes if tree is not None and node not in tree])]
+                ("never joined", [node for node in host.nodes
+                                  if tier.elastic is not None and tree is not None and node not in tree])]
                 if nodes]
             note = f"  ({'; '.join(notes)})" if notes else ""
             click.echo(f"  {host.name:<16} {packing.describe_nodes(host.nodes)}{note}")

@@ -2,27 +2,43 @@
 machine: tests/fake_autoscaler.py).
 
 Device hosts need a `device_slot` resource that only the autoscaled worker type has,
-one host per machine. Raising the device count makes the autoscaler add machines for
-the new hosts; lowering it empties hosts, which the runner stops, and the idle machines
-go; the run trains throughout.
+one host per machine. Raising the device count makes the autoscaler add a machine for
+the new host; lowering it empties that host, which the runner stops, and the idle
+machine goes; the run trains throughout.
+
+The scenario runs in a fresh Python process (this file as a script): a process that
+has joined a cluster keeps that cluster's auth mode, so it could not start the token-
+authenticated local Ray of the tests that follow it.
 """
+import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 from dataclasses import replace
-
-import ray
-from fake_autoscaler import alive_worker_count, fake_autoscaling_cluster, wait_for
-
-import rayagg
-from rayagg.config import load_config
-from rayagg.plan import make_plan
-from rayagg.runtime import RayRunner
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 IDLE_S = 5
 
 
-def elastic_on_autoscaled_devices(tiny_config):
+def test_device_machines_come_and_go_with_the_device_count(tiny_config, tiny_plan, tmp_path):
+    # tiny_plan: the session's autoencoder is pretrained (and cached) before the scenario.
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # a client joining by address needs it
+    done = subprocess.run([sys.executable, __file__, str(tmp_path), tiny_config.autoencoder.cache_dir],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["machines at start"] == 1
+    assert seen["devices by round"][:3] == [2, 4, 2]
+    assert seen["machines after growing"] == 2
+    assert seen["hosts after shrinking"] == ["cloud-0", "device-host-0", "edge-host-0"]
+    assert seen["rounds while machines went"] >= 1 and seen["machines at the end"] == 1
+
+
+def elastic_on_autoscaled_devices(cache_dir: str):
+    from rayagg.config import load_config
+
     raw = load_config(CONFIGS / "elastic.yaml").model_dump()
     cloud, edge, device = raw["tree"]["tiers"]
     cloud.update(model="cnn", resources={"num_cpus": 0.5})
@@ -32,40 +48,55 @@ def elastic_on_autoscaled_devices(tiny_config):
     return load_config(CONFIGS / "elastic.yaml").with_changes(
         data={"train_samples": 120, "test_samples": 60}, tree={"tiers": [cloud, edge, device]},
         runtime={"autoscaling": True, "startup_timeout_s": 120},
-        autoencoder=tiny_config.autoencoder.model_dump())
+        autoencoder={"epochs": 5, "cache_dir": cache_dir})
 
 
-def test_device_machines_come_and_go_with_the_device_count(tiny_config, tiny_dataset, tmp_path):
-    config = elastic_on_autoscaled_devices(tiny_config)
-    plan = replace(make_plan(config, tiny_dataset), config=config)
+def scenario(out: pathlib.Path, cache_dir: str) -> dict:
+    """Grows the tier 2 -> 4 -> 2 on the fake cluster and records what it saw."""
+    import ray
+    from fake_autoscaler import alive_worker_count, fake_autoscaling_cluster, wait_for
+
+    import rayagg
+    from rayagg.plan import make_plan
+    from rayagg.runtime import RayRunner
+
+    config = elastic_on_autoscaled_devices(cache_dir)
+    plan = replace(make_plan(config), config=config)
     machines = {"device_machine": {"resources": {"CPU": 1, "device_slot": 2}, "max_workers": 2}}
+    seen: dict = {"devices by round": []}
     with fake_autoscaling_cluster(machines, head_cpus=2, idle_timeout_s=IDLE_S) as address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         runner = RayRunner(plan)
         try:
-            runner.start(tmp_path)  # device-host-0 waits for the first machine
-            assert alive_worker_count("device_slot") == 1
-            seen = [train(runner, 1)]
-            rayagg.scale(tmp_path, devices=4)
-            seen.append(train(runner, 2))  # one more host, one more machine
-            assert alive_worker_count("device_slot") == 2
-            rayagg.scale(tmp_path, devices=2)
-            seen.append(train(runner, 3))  # device-host-1 emptied and stopped
-            assert [len(devices) for devices in seen] == [2, 4, 2]
-            assert set(runner.hosts.handles) == {"cloud-0", "edge-host-0", "device-host-0"}
+            runner.start(out)  # device-host-0 waits for the first machine
+            seen["machines at start"] = alive_worker_count("device_slot")
+            train(runner, 1, seen)
+            rayagg.scale(out, devices=4)
+            train(runner, 2, seen)  # one more host, one more machine
+            seen["machines after growing"] = alive_worker_count("device_slot")
+            rayagg.scale(out, devices=2)
+            train(runner, 3, seen)  # device-host-1 emptied and stopped
+            seen["hosts after shrinking"] = sorted(runner.hosts.handles)
             round_index, deadline = 3, time.monotonic() + 60
-            while alive_worker_count("device_slot") > 1:  # the run trains while machines go
-                assert time.monotonic() < deadline, "idle device machines were not removed"
-                round_index += 1
-                train(runner, round_index)
-            wait_for(lambda: alive_worker_count("device_slot") == 1, 5, "one device machine left")
+            while alive_worker_count("device_slot") > 1 and time.monotonic() < deadline:
+                round_index += 1  # the run trains while the idle machine goes
+                train(runner, round_index, seen)
+            seen["rounds while machines went"] = round_index - 3
+            wait_for(lambda: alive_worker_count("device_slot") <= 1, 5, "the idle device machine to go")
+            seen["machines at the end"] = alive_worker_count("device_slot")
         finally:
             runner.close()
             ray.shutdown()
+    return seen
 
 
-def train(runner, round_index):
-    """One round with its membership change; returns the devices that trained in it."""
+def train(runner, round_index: int, seen: dict) -> None:
+    """One round with its membership change; records how many devices trained in it."""
     runner.change_membership(runner.plan_membership(round_index))
     runner.train_round()
-    return sorted(n for n in runner.evaluate() if n.startswith("device-"))
+    seen["devices by round"].append(sum(n.startswith("device-") for n in runner.evaluate()))
+
+
+if __name__ == "__main__":
+    out_dir = pathlib.Path(sys.argv[1])
+    (out_dir / "seen.json").write_text(json.dumps(scenario(out_dir / "run", sys.argv[2])))

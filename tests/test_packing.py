@@ -38,7 +38,8 @@ def test_a_host_too_big_for_any_machine_is_named_with_its_packing(tiny_config):
     machines = [ClusterNode("10.0.0.1", {"CPU": 0.6}, {}), ClusterNode("10.0.0.2", {"CPU": 3}, {})]
     check_cluster(config, machines, autoscaling=False)  # the 0.4-CPU host fits either
     with pytest.raises(ResourceError, match="tier 'device'.*'CPU': 0.4.*carrying 4 nodes"):
-        check_cluster(config, [ClusterNode("10.0.0.1", {"CPU": 0.35}, {})], autoscaling=True)
+        check_cluster(config, [ClusterNode(f"10.0.0.{i}", {"CPU": 0.35}, {}) for i in range(5)],
+                      autoscaling=False)
 
 
 def test_packed_fractional_gpus_must_be_whole_above_one(tiny_config):

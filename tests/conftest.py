@@ -48,6 +48,39 @@ def tiny_plan(tiny_config, tiny_dataset):
     return make_plan(tiny_config, tiny_dataset)
 
 
+@pytest.fixture(scope="session")
+def local_run(tiny_plan, tiny_dataset, tmp_path_factory):
+    """The in-process driver's run of the tiny tree, once per session: tests/test_driver.py
+    checks it and tests/test_ray_runtime.py compares the Ray runtime against it. Returns
+    (records, inspected, out); ``inspected`` holds what the runner had before it closed.
+
+    One torch thread, as every tiny actor runs: float sums then add up in the same order
+    as on the actors, so the runs agree to the sample."""
+    import torch
+
+    from rayagg.driver import LocalRunner
+    from rayagg.run import execute
+
+    runner = LocalRunner(tiny_plan, tiny_dataset)
+    out = tmp_path_factory.mktemp("local-run")
+    inspected = {}
+    close = runner.close
+
+    def inspect_then_close():
+        inspected["counts"] = runner.bridge_sample_counts()
+        inspected["models"] = [id(state.model) for state in runner.nodes.values()]
+        close()
+
+    runner.close = inspect_then_close
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        records = execute(runner, out, echo=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    return records, inspected, out
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """A local Ray for one test module. The dashboard is on: ray.util.state needs it."""
@@ -74,10 +107,15 @@ class InspectingRunner(RayRunner):
 
     def close(self):
         if self.recovery is not None and self.hosts.handles:
+            import ray
             from ray.util.state import list_actors
 
+            # This run's cluster by address: without one, the state API refuses to choose
+            # when another Ray runs on the machine (a second test session, a demo).
+            address = ray.get_runtime_context().gcs_address
             self.inspected = {
-                "actors": list_actors(filters=[("ray_namespace", "=", self.namespace)], detail=True),
+                "actors": list_actors(address=address, detail=True,
+                                      filters=[("ray_namespace", "=", self.namespace)]),
                 "tree": self.tree, "dead": self.dead,
                 "counts": self.bridge_sample_counts(), "wire": self.wire_logs()}
         super().close()

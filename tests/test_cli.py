@@ -85,22 +85,20 @@ def test_status_of_a_run_stopped_before_its_first_checkpoint(tmp_path):
     assert "no checkpoint" in result.output and "before its first checkpoint" in result.output
 
 
-def test_local_run_writes_the_run_directory(tiny_config, tiny_plan, tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(tiny_config.to_yaml())  # tiny_plan has pretrained its autoencoder cache
-    result = invoke("run", config, "--local", "--rounds", "1", "--out", tmp_path / "run")
-    assert result.exit_code == 0, result.output
-    assert "round 1/1  cloud" in result.output
+def test_local_run_writes_the_run_directory(finished_run):
+    _, run, output = finished_run  # `rayagg run CONFIG --local --rounds 2 --out RUN`
+    assert "round 1/2  cloud" in output and "round 2/2  cloud" in output
     for name in ("metrics.parquet", "accuracy.png", "config.yaml", "state.json"):
-        assert (tmp_path / "run" / name).is_file(), name
+        assert (run / name).is_file(), name
 
 
 # ------------------------------------------------------------------ run directories, resume
 
 @pytest.fixture(scope="module")
 def finished_run(quick_config, tiny_dataset, tmp_path_factory):
-    """A finished 2-round in-process run made through the CLI, with a bridge-sample store
-    added to its manifest (a Ray run writes one; the in-process driver does not)."""
+    """A finished 2-round in-process run made through the CLI (quick_config has 3 rounds:
+    ``--rounds`` overrides them), with a bridge-sample store added to its manifest (a Ray
+    run writes one; the in-process driver does not). Returns (config file, run, output)."""
     folder = tmp_path_factory.mktemp("finished")
     config = folder / "quick.yaml"
     config.write_text(quick_config.to_yaml())
@@ -116,12 +114,12 @@ def finished_run(quick_config, tiny_dataset, tmp_path_factory):
     relative = str(bridge.relative_to(run))
     RunState(state.round, state.parent_of, state.dead, state.checkpoints,
              {**state.digests, relative: file_sha256(bridge)}).save(run)
-    return config, run
+    return config, run, result.output
 
 
 @pytest.fixture
 def run_copy(finished_run, tmp_path):
-    config, run = finished_run
+    config, run, _ = finished_run
     shutil.copytree(run, tmp_path / "run")
     return config, tmp_path / "run"
 
@@ -164,7 +162,7 @@ def test_out_under_a_file_is_a_clear_error(quick_config, tmp_path):
 
 
 def test_resume_of_a_finished_run_says_so(finished_run):
-    _, run = finished_run
+    _, run, _ = finished_run
     result = invoke("run", "--resume", run)
     assert result.exit_code == 2 and "already finished round 2 of 2" in result.output
 

@@ -1,28 +1,8 @@
 """The sequential in-process driver on the tiny tree: the reference the Ray runtime is
-compared against."""
+compared against. The run the tests check is conftest's ``local_run``, shared with the
+agreement test in tests/test_ray_runtime.py."""
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
-
-from rayagg.driver import LocalRunner
-from rayagg.run import execute
-
-
-@pytest.fixture(scope="module")
-def local_run(tiny_config, tiny_plan, tiny_dataset, tmp_path_factory):
-    runner = LocalRunner(tiny_plan, tiny_dataset)
-    out = tmp_path_factory.mktemp("local-run")
-    inspected = {}
-    close = runner.close
-
-    def inspect_then_close():
-        inspected["counts"] = runner.bridge_sample_counts()
-        inspected["models"] = [id(state.model) for state in runner.nodes.values()]
-        close()
-
-    runner.close = inspect_then_close
-    records = execute(runner, out, echo=lambda line: None)
-    return records, inspected, out
 
 
 def test_plan_keeps_public_and_test_data_away_from_leaves(tiny_plan, tiny_config):

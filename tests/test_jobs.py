@@ -54,12 +54,12 @@ def ray_job(env, *args, timeout_s=60):
                           text=True, timeout=timeout_s)
 
 
-def test_tiny_run_as_a_ray_job(ray_head, tiny_config, tmp_path):
+def test_tiny_run_as_a_ray_job(ray_head, quick_config, tmp_path):
     address, env = ray_head
-    config = tmp_path / "tiny.yaml"
-    # Edges and devices packed (3 processes, not 7): the test is about submitting a job.
-    # Its autoencoder cache is the test session's.
-    config.write_text(packed(tiny_config, edge=2, device=4).to_yaml())
+    config = tmp_path / "quick.yaml"
+    # The test is about submitting a job: the quick tree (a CNN cloud, fewer samples), its
+    # edges and devices packed (3 processes, not 7). Its autoencoder cache is the session's.
+    config.write_text(packed(quick_config, edge=2, device=4).to_yaml())
     out = tmp_path / "run"
     deadline = time.monotonic() + 60
     while True:  # the dashboard takes a few seconds to answer

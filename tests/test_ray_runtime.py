@@ -5,12 +5,10 @@ import time
 from dataclasses import replace
 
 import pytest
-import torch
 from conftest import InspectingRunner, packed, signal_a_run
 
 from rayagg import rundir
 from rayagg.config import parse_config
-from rayagg.driver import LocalRunner
 from rayagg.errors import NodeError, ResourceError
 from rayagg.plan import make_plan
 from rayagg.metrics import read_metrics
@@ -80,15 +78,9 @@ def test_metrics_and_plot_written_and_cloud_learns(ray_run, tiny_plan, tiny_conf
     assert cloud[-1] > 0.3  # chance is 0.1
 
 
-def test_ray_and_in_process_driver_agree(ray_run, tiny_config, tiny_plan, tiny_dataset, tmp_path):
+def test_ray_and_in_process_driver_agree(ray_run, local_run):
     _, ray_records, _ = ray_run
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as every tiny actor runs: float sums then add up in the same order
-    try:
-        local_records = execute(LocalRunner(tiny_plan, tiny_dataset), tmp_path,
-                                echo=lambda line: None)
-    finally:
-        torch.set_num_threads(threads)
+    local_records, _, _ = local_run  # run with one torch thread, as every tiny actor runs
     ray_acc = {(r.round, r.node): r.accuracy for r in ray_records}
     local_acc = {(r.round, r.node): r.accuracy for r in local_records}
     assert ray_acc.keys() == local_acc.keys()

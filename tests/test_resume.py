@@ -29,9 +29,15 @@ def measured(records):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(quick_plan, tiny_dataset, tmp_path_factory):
+def uninterrupted_run(quick_plan, tiny_dataset, tmp_path_factory):
+    """The run every stopped one is compared with: (its run directory, what it measured)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    return measured(execute(LocalRunner(quick_plan, tiny_dataset), out, echo=lambda line: None))
+    return out, measured(execute(LocalRunner(quick_plan, tiny_dataset), out, echo=lambda line: None))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return uninterrupted_run[1]
 
 
 class Interrupted(LocalRunner):
@@ -118,13 +124,13 @@ def test_stop_then_resume_equals_the_uninterrupted_run(case, quick_plan, tiny_da
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("round-*")) == [f"round-{ROUNDS:04d}"]
 
 
-def test_a_checkpoint_holds_every_live_node_and_the_manifest_verifies_them(quick_plan, tiny_dataset,
-                                                                           tmp_path):
-    execute(LocalRunner(quick_plan, tiny_dataset), tmp_path, echo=lambda line: None)
-    state = RunState.load(tmp_path)
+def test_a_checkpoint_holds_every_live_node_and_the_manifest_verifies_them(quick_plan,
+                                                                           uninterrupted_run):
+    out, _ = uninterrupted_run
+    state = RunState.load(out)
     assert state.round == ROUNDS and set(state.checkpoints) == set(quick_plan.tree.nodes)
     for node in quick_plan.tree.nodes:
-        path, digest = state.located(node, tmp_path)
+        path, digest = state.located(node, out)
         assert path.parent.name == f"round-{ROUNDS:04d}" and len(digest) == 64
 
 

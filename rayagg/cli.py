@@ -157,14 +157,36 @@ def status(run_dir: str) -> None:
                        f"namespace {live['namespace']} (rayagg scale {path} --devices N)")
         _echo_hosts(path, dead, tree, left)
         if (path / "metrics.parquet").is_file():
-            measured = sorted({r.round for r in read_metrics(path / "metrics.parquet")})
+            records = read_metrics(path / "metrics.parquet")
+            measured = sorted({r.round for r in records})
             click.echo(f"rounds measured: {measured[-1] if measured else 0}")
+            if measured:
+                _echo_load([r for r in records if r.round == measured[-1]])
         events = rundir.earlier_events(path)
         for event in events:
             when = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
             click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
         if not events:
             click.echo("no events: no node failed")
+
+
+def _echo_load(records: list) -> None:
+    """The edges' (the tier above the leaves) load in one round: children, bridge
+    samples, busy and idle seconds, and the imbalance of their busy seconds."""
+    from rayagg.metrics import balanced_tier, imbalance
+
+    tier = balanced_tier(list(dict.fromkeys(r.tier for r in records)))  # rows come root first
+    if tier is None:
+        return
+    edges = sorted((r for r in records if r.tier == tier), key=lambda r: _index(r.node))
+    if not edges:
+        return
+    ratio = imbalance(edges, tier)
+    shown = f"; imbalance {ratio:.2f} (max / mean busy)" if ratio is not None else ""
+    click.echo(f"{tier} load in round {edges[0].round}{shown}:")
+    for r in edges:
+        click.echo(f"  {r.node:<10} {r.children:>4} children  {r.bridge_samples:>7} bridge samples  "
+                   f"busy {r.seconds:7.1f} s  idle {r.idle_s:7.1f} s")
 
 
 def _echo_hosts(run_dir: pathlib.Path, dead: list[str], tree: Optional[dict] = None,
@@ -220,6 +242,53 @@ def scale(run_dir: str, devices: Optional[int], add: Optional[int], remove: Opti
         if [devices, add, remove].count(None) != 2:
             raise click.UsageError("give exactly one of --devices, --add or --remove")
         click.echo(f"rayagg: {scale_run(run_dir, devices=devices, add=add, remove=remove)}")
+
+
+@main.command("balance-test")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--policies", default=",".join(("none", "round-robin", "least-samples", "least-busy", "label-balance")),
+              show_default=True, help="Comma-separated balancing policies to run.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Override training.rounds.")
+@click.option("--seeds", default="0", show_default=True,
+              help="Comma-separated training seeds; every policy runs with each.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results as a JSON list to this file.")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Where the runs go, one directory each (default: runs/balance-test-<name>-<timestamp>).")
+@click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (as for `run`).")
+def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: str, json_path: Optional[str],
+                 out_dir: Optional[str], address: Optional[str]) -> None:
+    """Run CONFIG's tree under each balancing policy on the same seed and compare them.
+
+    Prints, per policy: the median seconds per round (and the change against `none`),
+    the median imbalance of the edges' busy seconds (max / mean; 1.0 is even), the
+    devices moved between rounds and the cloud's final test accuracy. Each run is a
+    full run directory under --out. With several --seeds, each figure is the mean and
+    its range.
+    """
+    from rayagg import balance_bench, preflight
+    from rayagg.config import load_config
+
+    with _user_errors():
+        names = balance_bench.parse_policies(policies)
+        try:
+            seed_list = [int(seed) for seed in seeds.split(",") if seed.strip()]
+        except ValueError:
+            raise click.BadParameter(f"not a comma-separated list of integers: {seeds!r}",
+                                     param_hint="--seeds") from None
+        config = load_config(config_path)
+        if rounds is not None:
+            config = config.with_rounds(rounds)
+        preflight.check_inputs(config)
+        out = pathlib.Path(out_dir or _default_run_dir(f"balance-test-{config.name}"))
+        if address is not None:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        results = balance_bench.compare(config, names, out, seeds=seed_list or [0], address=address,
+                                        echo=click.echo)
+        click.echo(balance_bench.table(results))
+        if json_path is not None:
+            balance_bench.write_json(results, pathlib.Path(json_path))
+            click.echo(f"rayagg: results in {json_path}")
 
 
 @main.command("pretrain-autoencoder")

@@ -282,6 +282,54 @@ class SupervisionConfig(_Section):
     checkpoint_every: int = Field(1, ge=1)
 
 
+BALANCE_POLICIES = ("none", "round-robin", "least-samples", "least-busy", "label-balance")
+
+
+class BalanceConfig(_Section):
+    """How devices are spread over the edges (rayagg/balance.py).
+
+    ``policy`` picks every parent a device gets: in the initial tree, when it joins,
+    when its edge dies, when it re-joins, and when the edges are rebalanced, every
+    ``every`` rounds (0: never; the tree changes only on those events). A rebalancing
+    moves at most ``max_moves`` devices, only while the edges' predicted load is
+    more than ``threshold`` x their mean (label-balance: it keeps every edge's
+    samples within ``threshold`` x the mean while it mixes labels), only for a gain of
+    ``min_gain`` (a fraction of the policy's objective) and never a device that moved
+    in the last ``cooldown`` rounds: the hysteresis that keeps devices from flapping.
+    """
+
+    policy: Literal["none", "round-robin", "least-samples", "least-busy", "label-balance"] = "none"
+    every: int = Field(1, ge=0)
+    max_moves: int = Field(2, ge=1)
+    threshold: float = Field(1.2, ge=1)
+    min_gain: float = Field(0.05, ge=0, lt=1)
+    cooldown: int = Field(2, ge=0)
+
+
+class EmulationConfig(_Section):
+    """Emulation for a test bench: unequal machines reproduced on one machine; off by
+    default and never meant for a real cluster.
+
+    ``slowdown`` maps a node name (``edge-0``) or a tier name (``edge``) to a factor
+    >= 1: the node sleeps ``factor - 1`` times the seconds of each training step and
+    logits call after it, so it takes as long as on a machine that many times slower
+    without taking CPU from the others (a node's own entry wins over its tier's).
+    """
+
+    slowdown: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("slowdown")
+    @classmethod
+    def _factors_at_least_one(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, factor in value.items():
+            if not factor >= 1:
+                raise ValueError(f"slowdown of {key!r} must be >= 1 (got {factor})")
+        return value
+
+    def slowdown_of(self, node: str) -> float:
+        return self.slowdown.get(node, self.slowdown.get(node.rpartition("-")[0], 1.0))
+
+
 class RunConfig(_Section):
     """A whole run: the root of the YAML file."""
 
@@ -292,6 +340,19 @@ class RunConfig(_Section):
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    emulation: EmulationConfig = Field(default_factory=EmulationConfig)
+
+    @model_validator(mode="after")
+    def _slowdown_names_nodes_or_tiers(self) -> "RunConfig":
+        capacity = dict(zip((tier.name for tier in self.tree.tiers), self.tree.capacities()))
+        for key in self.emulation.slowdown:
+            tier, _, index = key.rpartition("-")
+            if key in capacity or (tier in capacity and index.isdigit() and int(index) < capacity[tier]):
+                continue
+            raise ValueError(f"emulation.slowdown: {key!r} is neither a tier ({', '.join(capacity)}) "
+                             "nor a node of the tree")
+        return self
 
     @model_validator(mode="after")
     def _enough_samples_per_leaf(self) -> "RunConfig":

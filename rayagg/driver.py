@@ -28,6 +28,11 @@ class LocalRunner:
         if elastic is not None and (elastic.schedule or elastic.churn):
             raise ConfigError("the in-process driver trains a fixed tree: an elastic schedule or "
                               "churn model needs the Ray runtime (drop --local)")
+        balance = plan.config.balance
+        if balance.policy != "none" and balance.every > 0:
+            raise ConfigError(f"the in-process driver trains a fixed tree: rebalancing (balance.policy "
+                              f"{balance.policy}, every {balance.every}) needs the Ray runtime (drop --local, "
+                              "or set balance.every: 0 to keep only the policy's initial placement)")
         self.plan = plan
         self.tree: Tree = plan.tree
         self._dataset = dataset
@@ -69,6 +74,9 @@ class LocalRunner:
 
     def change_membership(self, change: Change) -> None:
         raise ConfigError("the in-process driver cannot change its tree's membership")
+
+    def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None:
+        raise ConfigError("the in-process driver does not rebalance (see __init__)")
 
     def train_round(self) -> None:
         """Runs every pair once; TrainingError (a diverged node) names the round too."""

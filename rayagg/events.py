@@ -15,7 +15,7 @@ SCHEMA = pa.schema([("at", pa.float64()), ("monotonic_s", pa.float64()), ("round
 
 
 class EventKind(str, Enum):
-    """What an event records. The first seven are the supervisor's actions
+    """What an event records. The first eight are the supervisor's actions
     (``supervision.ActionKind``) as the runner applied them."""
 
     DECLARE_DEAD = "declare_dead"
@@ -25,6 +25,7 @@ class EventKind(str, Enum):
     REJOIN = "rejoin"
     JOIN = "join"  # an elastic device joined (new, or returning with its model)
     LEAVE = "leave"  # an elastic device left at a round boundary
+    REBALANCE = "rebalance"  # the balancing policy moved a device to another edge
     MEMBERSHIP = "membership"  # the elastic tier changes before a round: how many, and why
     JOIN_FAILED = "join_failed"  # a device died while joining; it stays away
     RESTART_FRESH = "restart_fresh"  # a restarted node had no checkpoint yet

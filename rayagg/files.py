@@ -14,7 +14,7 @@ import json
 import os
 import pathlib
 import secrets
-from typing import Optional
+from typing import Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -113,15 +113,17 @@ def write_sealed_rows(rows: list[dict], schema: pa.Schema, path: pathlib.Path) -
     write_parquet_atomic(table.replace_schema_metadata({_SEAL_KEY: _rows_digest(table).encode()}), path)
 
 
-def read_sealed_rows(path: pathlib.Path, what: str, schema: pa.Schema) -> list[dict]:
+def read_sealed_rows(path: pathlib.Path, what: str, schema: pa.Schema,
+                     older: Sequence[pa.Schema] = ()) -> list[dict]:
     """Reads a file written by :func:`write_sealed_rows`; raises CheckpointError naming
     ``what`` and the file if it is missing, unreadable, of another schema, or its rows
-    are not the ones written."""
+    are not the ones written. A file of an ``older`` schema (whose columns begin
+    ``schema``'s) reads with only its own columns: the caller fills in the rest."""
     table = read_parquet(path, what)
     metadata = dict(table.schema.metadata or {})
     seal = metadata.pop(_SEAL_KEY, b"").decode(errors="replace")
     table = table.replace_schema_metadata(metadata)
-    if not table.schema.equals(schema):
+    if not any(table.schema.equals(known) for known in (schema, *older)):
         raise CheckpointError(f"{what} {path} has an unexpected schema: {table.schema}")
     if seal != _rows_digest(table):
         raise CheckpointError(f"{what} {path} is corrupt: its rows do not match the checksum "

@@ -4,21 +4,26 @@ from __future__ import annotations
 import pathlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pyarrow as pa
 
 from rayagg.files import read_sealed_rows, write_sealed_rows
 
-SCHEMA = pa.schema([("round", pa.int32()), ("node", pa.string()), ("tier", pa.string()),
-                    ("accuracy", pa.float64()), ("loss", pa.float64()), ("seconds", pa.float64()),
-                    ("round_s", pa.float64())])
+# Before rayagg 0.10 (load balancing) a row stopped at round_s; such files are still read.
+_FIRST_SCHEMA = pa.schema([("round", pa.int32()), ("node", pa.string()), ("tier", pa.string()),
+                           ("accuracy", pa.float64()), ("loss", pa.float64()), ("seconds", pa.float64()),
+                           ("round_s", pa.float64())])
+SCHEMA = pa.schema([*_FIRST_SCHEMA, ("parent", pa.string()), ("children", pa.int32()),
+                    ("bridge_samples", pa.int64()), ("idle_s", pa.float64())])
 
 
 @dataclass(frozen=True)
 class NodeMetrics:
-    """One node after one round: test accuracy and loss, its seconds of training work,
-    and the round's wall-clock seconds."""
+    """One node after one round: test accuracy and loss, its busy seconds (training and
+    logits), the round's wall-clock seconds; its load: its parent then, its children,
+    the bridge samples it trained on and its idle seconds (the round's seconds it was not
+    busy: waiting on its children, its parent, or a node sharing its host)."""
 
     round: int
     node: str
@@ -27,6 +32,10 @@ class NodeMetrics:
     loss: float
     seconds: float
     round_s: float
+    parent: str = ""
+    children: int = 0
+    bridge_samples: int = 0
+    idle_s: float = 0.0
 
 
 def write_metrics(records: list[NodeMetrics], path: pathlib.Path) -> None:
@@ -34,8 +43,25 @@ def write_metrics(records: list[NodeMetrics], path: pathlib.Path) -> None:
 
 
 def read_metrics(path: pathlib.Path) -> list[NodeMetrics]:
-    """Reads metrics.parquet; CheckpointError naming the file if it is corrupt or foreign."""
-    return [NodeMetrics(**row) for row in read_sealed_rows(path, "metrics file", SCHEMA)]
+    """Reads metrics.parquet (also one written before the load columns: they read as 0);
+    CheckpointError naming the file if it is corrupt or foreign."""
+    rows = read_sealed_rows(path, "metrics file", SCHEMA, older=(_FIRST_SCHEMA,))
+    return [NodeMetrics(**row) for row in rows]
+
+
+def imbalance(records: Sequence[NodeMetrics], tier: str) -> Optional[float]:
+    """Max / mean of the busy seconds of ``tier``'s nodes in ``records`` (one round's):
+    1.0 is even; None with fewer than two such nodes or none busy."""
+    busy = [r.seconds for r in records if r.tier == tier]
+    if len(busy) < 2 or not sum(busy) > 0:
+        return None
+    return max(busy) / (sum(busy) / len(busy))
+
+
+def balanced_tier(tier_names: Sequence[str]) -> Optional[str]:
+    """The tier whose load is balanced: the one above the leaves (the edges), unless that
+    is the root."""
+    return tier_names[-2] if len(tier_names) > 2 else None
 
 
 def tier_means(records: list[NodeMetrics], tier_names: list[str]) -> dict[str, float]:
@@ -48,14 +74,18 @@ def tier_means(records: list[NodeMetrics], tier_names: list[str]) -> dict[str, f
 
 def summary_line(round_index: int, rounds: int, records: list[NodeMetrics],
                  tier_names: list[str], counted: str = "") -> str:
-    """E.g. ``round 3/5  cloud 81.2%  edge 78.0%  device 70.1%  (41.3 s)``; non-root tiers are
-    means. ``counted`` names a tier (an elastic one) whose live nodes are counted too:
+    """E.g. ``round 3/5  cloud 81.2%  edge 78.0%  device 70.1%  (41.3 s, edge imbalance 1.31)``;
+    non-root tiers are means; the imbalance is :func:`imbalance` of the edges.
+    ``counted`` names a tier (an elastic one) whose live nodes are counted too:
     ``device 70.1% of 30``."""
     means = tier_means(records, tier_names)
     parts = [f"{tier} {100 * acc:5.1f}%" for tier, acc in means.items()]
     if counted in means:
         parts[list(means).index(counted)] += f" of {sum(r.tier == counted for r in records)}"
-    return f"round {round_index}/{rounds}  " + "  ".join(parts) + f"  ({records[0].round_s:.1f} s)"
+    edges = balanced_tier(tier_names)
+    ratio = imbalance(records, edges) if edges else None
+    load = f", {edges} imbalance {ratio:.2f}" if ratio is not None else ""
+    return f"round {round_index}/{rounds}  " + "  ".join(parts) + f"  ({records[0].round_s:.1f} s{load})"
 
 
 def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathlib.Path,

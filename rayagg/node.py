@@ -51,7 +51,8 @@ class NodeState:
 
     def __init__(self, name: str, model: nn.Module, *, decoder: nn.Module,
                  settings: DistillSettings, optimizer: torch.optim.Optimizer, seed: int,
-                 local: Optional[LocalData] = None, encoder: Optional[nn.Module] = None):
+                 local: Optional[LocalData] = None, encoder: Optional[nn.Module] = None,
+                 slowdown: float = 1.0):
         self.name = name
         self.model = model
         self.optimizer = optimizer
@@ -67,6 +68,7 @@ class NodeState:
         # (the price: a second copy of the decoded samples while the cache holds).
         self._batches: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.work_s = 0.0
+        self.slowdown = slowdown  # test-bench emulation of a slower machine (config.EmulationConfig)
 
     @property
     def is_leaf(self) -> bool:
@@ -107,7 +109,7 @@ class NodeState:
         inputs, _ = self._bridge_batch(leaves)
         out = protocol.teacher_logits(self.model, inputs, batch_size=self.settings.batch_size,
                                       mode=self.settings.teacher_mode)
-        self.work_s += time.perf_counter() - started
+        self._worked(started)
         return out
 
     def learn(self, leaves: list[str], teacher: torch.Tensor) -> float:
@@ -127,8 +129,16 @@ class NodeState:
             # The usual cause is a learning rate too high for this tier's model.
             lr = self.optimizer.param_groups[0]["lr"]
             raise TrainingError(f"{self.name}: {exc}; lower training.lr ({lr})") from exc
-        self.work_s += time.perf_counter() - started
+        self._worked(started)
         return loss
+
+    def _worked(self, started: float) -> None:
+        """Counts the seconds since ``started`` as work; an emulated slower machine
+        (``slowdown`` > 1) sleeps the difference, without using a CPU, and counts it too."""
+        spent = time.perf_counter() - started
+        if self.slowdown > 1:
+            time.sleep(spent * (self.slowdown - 1))
+        self.work_s += time.perf_counter() - started
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         return protocol.evaluate(self.model, images, labels)

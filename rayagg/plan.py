@@ -7,13 +7,13 @@ the same function, so both runtimes train the same nodes from the same seeds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 
-from rayagg import autoencoder, data, models
+from rayagg import autoencoder, balance, data, models
 from rayagg.config import RunConfig, Tier
 from rayagg.node import LocalData, NodeState, node_seed
 from rayagg.protocol import DistillSettings, make_optimizer
@@ -32,6 +32,7 @@ class Plan:
     num_classes: int
     autoencoder_blob: bytes  # the frozen autoencoder's weights file
     autoencoder_digest: str
+    label_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # leaf -> samples per class
 
     def tier(self, node: str) -> Tier:
         """``node``'s tier, from its name (an elastic device may not be in the tree yet)."""
@@ -49,7 +50,14 @@ class Plan:
 
 
 def make_tree(config: RunConfig) -> Tree:
+    """The configured tree, every tier spread evenly over the one above (the tree the
+    ``none`` balancing policy trains; the others place the leaves: see :func:`make_plan`)."""
     return Tree.balanced([tier.name for tier in config.tree.tiers], config.tree.counts())
+
+
+def balancing_policy(config: RunConfig) -> balance.Policy:
+    cfg = config.balance
+    return balance.policy_named(cfg.policy, balance.Limits(cfg.max_moves, cfg.threshold, cfg.min_gain))
 
 
 def load_data(config: RunConfig) -> data.Dataset:
@@ -65,7 +73,8 @@ def make_plan(config: RunConfig, dataset: Optional[data.Dataset] = None) -> Plan
     The public slice that trains the autoencoder is drawn first and is no leaf's shard;
     the test split is used only for evaluation. An elastic leaf tier is partitioned for
     ``max_devices`` shards: the tree starts with ``count`` of them, the rest wait for
-    their devices to join.
+    their devices to join. The balancing policy places the leaves of the initial tree
+    (rayagg/balance.py), knowing each shard's size and label counts.
     """
     dataset = dataset or load_data(config)
     cfg, seed = config.data, config.training.seed
@@ -81,9 +90,13 @@ def make_plan(config: RunConfig, dataset: Optional[data.Dataset] = None) -> Plan
         shards = data.partition_dirichlet(labels, private, len(leaves), cfg.alpha,
                                           cfg.min_samples_per_device, seed)
     test = data.take_subset(np.arange(len(dataset.test_labels)), cfg.test_samples, seed)
+    counts = {leaf: tuple(int(n) for n in np.bincount(labels[shard], minlength=dataset.num_classes))
+              for leaf, shard in zip(leaves, shards)}
+    tree = balance.initial_tree(tree, balancing_policy(config), {leaf: len(s) for leaf, s in zip(leaves, shards)},
+                                counts)
     blob, digest = _autoencoder(config, dataset, public)
     return Plan(config, tree, dict(zip(leaves, shards)), test, dataset.image_shape,
-                dataset.num_classes, blob, digest)
+                dataset.num_classes, blob, digest, counts)
 
 
 def _autoencoder(config: RunConfig, dataset: data.Dataset, public: np.ndarray) -> tuple[bytes, str]:
@@ -135,7 +148,8 @@ def build_node(plan: Plan, node: str, local: Optional[LocalData] = None, *,
                                weight_decay=train.weight_decay)
     return NodeState(node, model, decoder=frozen.decoder, settings=settings, optimizer=optimizer,
                      seed=train.seed, local=local if leaf else None,
-                     encoder=frozen.encoder if leaf else None)
+                     encoder=frozen.encoder if leaf else None,
+                     slowdown=config.emulation.slowdown_of(node))
 
 
 def evaluation_split(plan: Plan, dataset: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:

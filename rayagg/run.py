@@ -19,7 +19,7 @@ from rayagg.files import file_sha256, write_atomic
 from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_metrics
 from rayagg.rundir import (RunState, check_new_run_dir, earlier_events, earlier_records,
                            manifest_key, prune_checkpoints, round_directory)
-from rayagg.tree import Tree
+from rayagg.tree import Tree, training_leaves
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
     from rayagg.membership import Change
@@ -48,6 +48,7 @@ class Runner(Protocol):
     def start(self, run_dir: pathlib.Path, resume: Optional[RunState] = None) -> None: ...
     def plan_membership(self, round_index: int) -> Change: ...
     def change_membership(self, change: Change) -> None: ...
+    def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None: ...
     def train_round(self) -> None: ...
     def evaluate(self) -> dict[str, tuple[float, float, float]]: ...
     def bridge_sample_counts(self) -> dict[str, int]: ...
@@ -154,15 +155,12 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
             for round_index in range(runner.round_index + 1, rounds + 1):
                 if stop.requested:
                     break
+                _rebalance(runner, records, round_index)
                 _change_membership(runner, out_dir, round_index)
                 started = time.perf_counter()
                 runner.train_round()
                 round_s = time.perf_counter() - started
-                # One row per node evaluated, so the rows of a round are the nodes that were
-                # live in it: which elastic devices were active is read from them.
-                this_round = [NodeMetrics(round_index, node, runner.tree.tier_name(node), acc, loss,
-                                          work_s, round_s)
-                              for node, (acc, loss, work_s) in runner.evaluate().items()]
+                this_round = _round_metrics(runner, round_index, round_s, runner.evaluate())
                 records += this_round
                 write_metrics(records, out_dir / "metrics.parquet")
                 shown = _report_events(runner, out_dir, echo, shown)
@@ -181,6 +179,31 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
         _report_events(runner, out_dir, echo, shown)
         runner.close()
     return records
+
+
+def _round_metrics(runner: Runner, round_index: int, round_s: float,
+                   scores: dict[str, tuple[float, float, float]]) -> list[NodeMetrics]:
+    """One row per node evaluated, so the rows of a round are the nodes that were live in
+    it (which elastic devices were active is read from them), with each node's load."""
+    tree, dead, left = runner.tree, runner.dead, runner.left
+    keep = runner.plan.config.supervision.keep_dead_leaf_samples
+    shard_size = {leaf: len(shard) for leaf, shard in runner.plan.shards.items()}
+    rows = []
+    for node, (accuracy, loss, busy_s) in scores.items():
+        samples = sum(shard_size[leaf] for leaf in training_leaves(tree, dead, node, keep, left))
+        children = sum(1 for child in tree.children(node) if child not in dead)
+        rows.append(NodeMetrics(round_index, node, tree.tier_name(node), accuracy, loss, busy_s, round_s,
+                                tree.parent_of[node] or "", children, samples, max(0.0, round_s - busy_s)))
+    return rows
+
+
+def _rebalance(runner: Runner, records: list[NodeMetrics], round_index: int) -> None:
+    """Every ``balance.every`` rounds, from round 2 on, the balancing policy may move
+    devices between edges, judging by the busy seconds of the round just measured."""
+    config = runner.plan.config.balance
+    if config.policy == "none" or config.every == 0 or round_index == 1 or (round_index - 1) % config.every:
+        return
+    runner.rebalance(round_index, {r.node: r.seconds for r in records if r.round == round_index - 1})
 
 
 def _change_membership(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None:

@@ -9,9 +9,10 @@ here imports Ray or torch, and time is passed in, so tests drive it with plain f
 What a death does depends on where the node sits:
 
 * the root is restarted from its checkpoint (while ``Policy.max_restarts`` allows);
-* a non-root, non-leaf node (an edge) hands each child, with its subtree, to the
-  least-loaded surviving node of its own tier (moves stay within a tier: Theorem 1),
-  and is optionally replaced by a fresh actor restored from its checkpoint;
+* a non-root, non-leaf node (an edge) hands each child, with its subtree, to a
+  surviving node of its own tier chosen by the run's balancing policy (moves stay
+  within a tier: Theorem 1), and is optionally replaced by a fresh actor restored from
+  its checkpoint;
 * a leaf (a device) leaves the rounds; its bridge samples stay with its ancestors.
 
 A dead node keeps its place and name in the tree (a dead edge just has no children).
@@ -19,6 +20,10 @@ A dead node keeps its place and name in the tree (a dead edge just has no childr
 Elastic devices (rayagg/membership.py) :func:`join` and :func:`leave` at round
 boundaries through the same state: a device that left is dead to supervision (no
 heartbeats expected) and also in ``left``; joining spends no restart.
+
+Every parent a node gets here comes from the balancing policy (rayagg/balance.py), and
+:func:`rebalance` moves devices between edges at round boundaries, recording each move's
+round so a moved device stays put for ``cooldown`` rounds.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import ClassVar, Iterable, Mapping, Optional, Sequence
 
+from rayagg import balance
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.tree import Tree
 
@@ -88,6 +94,7 @@ class ActionKind(str, Enum):
     REJOIN = "rejoin"
     JOIN = "join"
     LEAVE = "leave"
+    REBALANCE = "rebalance"
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,22 @@ class Leave(Action):
         return f"{self.node} left (drained: its bridge samples stay with its ancestors)"
 
 
+@dataclass(frozen=True)
+class Rebalance(Action):
+    """Move the live ``node`` (and its subtree) from ``old_parent`` to ``new_parent``
+    between rounds: its bridge samples go to the new parent from the driver's refs and
+    the old one drops them."""
+
+    old_parent: str
+    new_parent: str
+    policy: str
+    why: str = ""
+    kind: ClassVar[ActionKind] = ActionKind.REBALANCE
+
+    def describe(self) -> str:
+        return f"{self.node} moved {self.old_parent} -> {self.new_parent} ({self.policy}{self.why})"
+
+
 def describe(action: Action) -> str:
     """A one-line account of ``action`` for the run log."""
     return action.describe()
@@ -229,12 +252,19 @@ class SupervisorState:
     load: Mapping[str, int] = field(default_factory=dict)  # bridge samples per node; missing = 0
     left: frozenset[str] = frozenset()  # elastic devices that left (also in dead)
     policy: Policy = Policy()
+    balancing: balance.Policy = balance.Policy()  # chooses every parent; rebalances
+    cooldown: int = 2  # rounds a device that moved stays put
+    labels: Mapping[str, Sequence[int]] = field(default_factory=dict)  # leaf -> label counts
+    speed: Mapping[str, float] = field(default_factory=dict)  # parent -> seconds per sample, measured
+    moved_at: Mapping[str, int] = field(default_factory=dict)  # node -> round it last moved
 
     @classmethod
     def start(cls, tree: Tree, now: float, *, policy: Policy = Policy(),
-              load: Optional[Mapping[str, int]] = None) -> "SupervisorState":
+              load: Optional[Mapping[str, int]] = None, balancing: balance.Policy = balance.Policy(),
+              cooldown: int = 2, labels: Optional[Mapping[str, Sequence[int]]] = None) -> "SupervisorState":
         """Supervision of ``tree`` beginning at ``now``, nothing seen yet."""
-        return cls(tree=tree, last_seen={}, started_at=now, load=dict(load or {}), policy=policy)
+        return cls(tree=tree, last_seen={}, started_at=now, load=dict(load or {}), policy=policy,
+                   balancing=balancing, cooldown=cooldown, labels=dict(labels or {}))
 
 
 def heartbeat(state: SupervisorState, node: str, now: float) -> SupervisorState:
@@ -269,13 +299,62 @@ def dead_after_s(state: SupervisorState, node: str, now: float) -> float:
     return state.last_seen.get(node, state.started_at) + state.policy.deadline_s - now
 
 
-def least_loaded(candidates: Iterable[str], load: Mapping[str, int]) -> str:
-    """The candidate holding the fewest bridge samples; ties go to the lowest index.
-    Raises ValueError if there are no candidates."""
-    candidates = list(candidates)
+def place(state: SupervisorState, node: str, candidates: Iterable[str]) -> str:
+    """The parent the balancing policy gives ``node`` among ``candidates`` (live nodes of
+    the tier above it), judged as if ``node`` hung under none of them yet. Raises
+    ValueError if there are no candidates."""
+    candidates = set(candidates)
+    tree = state.tree
     if not candidates:
-        raise ValueError("least_loaded needs at least one candidate")
-    return min(candidates, key=lambda node: (load.get(node, 0), _index(node), node))
+        raise ValueError(f"no candidate parent for {node}")
+    tier = next(iter(tree.tier_of[c] for c in candidates))
+    dead = frozenset(n for n in tree.nodes_of_tier(tier) if n not in candidates)
+    loads = balance.loads_of(tree, tier, dead=dead, samples=state.load, labels=state.labels, speed=state.speed)
+    if any(node in kids for kids in loads.children.values()):
+        loads = loads.without(node)
+    return state.balancing.place(loads, node, state.load.get(node, 0),
+                               balance.subtree_labels(tree, node, state.labels) if node in tree.tier_of
+                               else tuple(state.labels.get(node, ())) or None)
+
+
+SPEED_SMOOTHING = 0.5  # weight of the last round in an edge's seconds per sample
+
+
+def rebalance(state: SupervisorState, round_index: int,
+              busy_s: Mapping[str, float]) -> tuple[SupervisorState, list[Rebalance]]:
+    """Between rounds, before ``round_index``: records the edges' (the tier above the
+    leaves) seconds per bridge sample from ``busy_s`` (each edge's busy seconds in the
+    last round, smoothed with the earlier rounds') and moves the live devices the
+    balancing policy decides, none that moved within ``cooldown`` rounds."""
+    tree = state.tree
+    tier = len(tree.tier_names) - 2
+    if tier < 1:  # the root is the only parent: nowhere to move to
+        return state, []
+    speed = dict(state.speed)
+    for parent, seconds in busy_s.items():
+        if parent in tree.tier_of and tree.tier_of[parent] == tier and state.load.get(parent, 0) > 0:
+            measured = seconds / state.load[parent]
+            # Smoothed: one noisy round must not move devices that the next moves back.
+            speed[parent] = SPEED_SMOOTHING * measured + (1 - SPEED_SMOOTHING) * speed.get(parent, measured)
+    state = replace(state, speed=speed)
+    loads = balance.loads_of(tree, tier, dead=state.dead, samples=state.load, labels=state.labels, speed=speed)
+    movable = [child for kids in loads.children.values() for child in kids
+               if child not in state.dead and round_index - state.moved_at.get(child, -state.cooldown - 1) > state.cooldown]
+    actions = []
+    for move in state.balancing.moves(loads, movable):
+        why = _why(state.balancing, loads, move)
+        loads = loads.with_move(move)
+        state = _move(state, move.node, move.new_parent)
+        state = replace(state, moved_at={**state.moved_at, move.node: round_index})
+        actions.append(Rebalance(move.node, move.old_parent, move.new_parent, state.balancing.name, why))
+    return state, actions
+
+
+def _why(policy: balance.Policy, loads: balance.Loads, move: balance.Move) -> str:
+    """E.g. ``: load 412 -> 190`` (the policy's load on the parent it leaves)."""
+    before = policy.load(loads, move.old_parent)
+    after = policy.load(loads.with_move(move), move.old_parent)
+    return f": {move.old_parent} load {before:.3g} -> {after:.3g}"
 
 
 # ---------------------------------------------------------------------------- decide
@@ -362,15 +441,15 @@ def _adopt_orphans(state: SupervisorState, death: DeclareDead, excluded: frozens
             node=node, tier=tree.tier_name(node), orphans=orphans)
     actions: list[Action] = []
     for orphan in orphans:
-        new_parent = least_loaded(survivors, state.load)
+        new_parent = place(state, orphan, survivors)
         state = _move(state, orphan, new_parent)
         actions.append(Reparent(orphan, node, new_parent, death.reason))
     return state, actions
 
 
 def rejoin(state: SupervisorState, node: str, now: float) -> tuple[SupervisorState, Rejoin]:
-    """A dead leaf comes back: it re-joins under the least-loaded live node of the tier
-    above, with a fresh deadline, spending one restart.
+    """A dead leaf comes back: it re-joins under the live node of the tier above the
+    balancing policy chooses, with a fresh deadline, spending one restart.
 
     Raises ValueError unless ``node`` is a dead leaf, NoSurvivorError when its restarts
     are spent or no node of the tier above is alive.
@@ -387,7 +466,7 @@ def rejoin(state: SupervisorState, node: str, now: float) -> tuple[SupervisorSta
     if not parents:
         raise NoSurvivorError(f"{node} cannot re-join: no node of the tier above is alive",
                               node=node, tier=tier)
-    old_parent, new_parent = tree.parent_of[node], least_loaded(parents, state.load)
+    old_parent, new_parent = tree.parent_of[node], place(state, node, parents)
     if new_parent != old_parent:
         state = _move(state, node, new_parent)
     state, restart = _restart(state, node, now)
@@ -395,8 +474,8 @@ def rejoin(state: SupervisorState, node: str, now: float) -> tuple[SupervisorSta
 
 
 def join(state: SupervisorState, node: str, samples: int, now: float) -> tuple[SupervisorState, Join]:
-    """The elastic device ``node`` joins under the least-loaded live node of the tier
-    above (fewest bridge samples; the balancing policy's place once it lands). A new
+    """The elastic device ``node`` joins under the live node of the tier above the
+    balancing policy chooses (``none``: the fewest bridge samples). A new
     device enters the tree, its ``samples`` counted in its new ancestors' load; a
     returning one (a dead or left leaf) is no longer dead and may move. Either way it
     has a fresh deadline from its first heartbeat and spends no restart.
@@ -413,13 +492,14 @@ def join(state: SupervisorState, node: str, samples: int, now: float) -> tuple[S
     if not parents:
         raise NoSurvivorError(f"{node} cannot join: no {tree.tier_names[above]} is alive",
                               node=node, tier=tree.tier_names[-1])
-    parent = least_loaded(parents, state.load)
+    state = replace(state, load={**state.load, node: samples}) if not returning else state
+    parent = place(state, node, parents)
     if returning:
         if parent != tree.parent_of[node]:
             state = _move(state, node, parent)
     else:
         load = dict(state.load)
-        for holder in [node, parent, *tree.ancestors(parent)]:
+        for holder in [parent, *tree.ancestors(parent)]:
             load[holder] = load.get(holder, 0) + samples
         state = replace(state, tree=tree.with_leaf(node, parent), load=load)
     state = replace(state, dead=state.dead - {node}, left=state.left - {node},
@@ -471,6 +551,3 @@ def _check_node(state: SupervisorState, node: str) -> None:
     if node not in state.tree.tier_of:
         raise ValueError(f"{node} is not a node of the tree")
 
-
-def _index(node: str) -> int:
-    return int(node.rsplit("-", 1)[1])

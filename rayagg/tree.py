@@ -128,3 +128,14 @@ def _node_order(tree: Tree):
     def key(node: str) -> tuple[int, int]:
         return tree.tier_of[node], int(node.rsplit("-", 1)[1])
     return key
+
+
+def training_leaves(tree: Tree, dead: frozenset[str], node: str, keep_dead_leaf_samples: bool,
+                    left: frozenset[str] = frozenset()) -> list[str]:
+    """The leaves whose bridge samples ``node`` trains on: its subtree's, less dead leaves
+    when their samples are not kept. Devices that ``left`` (drained, not failed) always
+    keep theirs."""
+    leaves = tree.leaves(node)
+    if keep_dead_leaf_samples:
+        return leaves
+    return [leaf for leaf in leaves if leaf not in dead or leaf in left]

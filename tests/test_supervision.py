@@ -7,7 +7,7 @@ import pytest
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.supervision import (
     DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Rejoin, Reparent, Restart,
-    SupervisorState, dead_after_s, decide, describe, heartbeat, heartbeats, least_loaded, rejoin,
+    SupervisorState, dead_after_s, decide, describe, heartbeat, heartbeats, place, rejoin,
     report_death,
 )
 from rayagg.tree import Tree
@@ -121,12 +121,15 @@ def test_edge_death_moves_orphans_least_loaded_first(edge0_load, expected):
     assert all(tree.parent_of[leaf] not in state.dead for leaf in tree.leaves(tree.root))
 
 
-def test_least_loaded_breaks_ties_by_index_not_by_spelling():
-    assert least_loaded(["edge-2", "edge-0"], {}) == "edge-0"
-    assert least_loaded(["edge-10", "edge-2"], {"edge-2": 5, "edge-10": 5}) == "edge-2"
-    assert least_loaded(["edge-0", "edge-1"], {"edge-0": 3}) == "edge-1"
+def test_the_default_policy_places_least_loaded_first_ties_by_index_not_by_spelling():
+    state = make_state(counts=(1, 11, 11))
+    assert place(state, "device-5", ["edge-2", "edge-0"]) == "edge-0"
+    state = make_state(counts=(1, 11, 11), load={"edge-2": 5, "edge-10": 5})
+    assert place(state, "device-5", ["edge-10", "edge-2"]) == "edge-2"
+    state = make_state(counts=(1, 11, 11), load={"edge-0": 3})
+    assert place(state, "device-5", ["edge-0", "edge-1"]) == "edge-1"
     with pytest.raises(ValueError):
-        least_loaded([], {})
+        place(state, "device-5", [])
 
 
 def test_two_edges_die_in_one_tick_and_the_third_adopts_all():

@@ -10,18 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayagg.tree import Tree
+from rayagg.tree import Tree, training_leaves
 
-
-def training_leaves(tree: Tree, dead: frozenset[str], node: str, keep_dead_leaf_samples: bool,
-                    left: frozenset[str] = frozenset()) -> list[str]:
-    """The leaves whose bridge samples ``node`` trains on: its subtree's, less dead leaves
-    when their samples are not kept. Devices that ``left`` (drained, not failed) always
-    keep theirs."""
-    leaves = tree.leaves(node)
-    if keep_dead_leaf_samples:
-        return leaves
-    return [leaf for leaf in leaves if leaf not in dead or leaf in left]
+__all__ = ["BridgeRoutes", "training_leaves"]
 
 
 class BridgeRoutes:

@@ -17,7 +17,8 @@ from rayagg.errors import NodeDiedError, NodeTimeoutError, RecoveryError
 from rayagg.events import EventKind
 from rayagg.runtime.bridge import BridgeRoutes
 from rayagg.runtime.hosts import HostPool
-from rayagg.supervision import Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rejoin, Reparent, Restart
+from rayagg.supervision import (Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rebalance, Rejoin, Reparent,
+                                Restart)
 from rayagg.tree import Tree
 
 
@@ -48,6 +49,11 @@ class Recovery:
     def change_membership(self, joins: dict[str, int], leaves: list[str]) -> None:
         """Elastic devices leave, then join (node -> bridge-sample count) at a round boundary."""
         self.absorb(self._ask(self.supervisor.change_membership.remote(joins, leaves)))
+
+    def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None:
+        """The balancing policy moves devices before ``round_index`` (see
+        ``supervision.rebalance``); ``repair`` then moves their bridge samples."""
+        self.absorb(self._ask(self.supervisor.rebalance.remote(round_index, busy_s)))
 
     def take_request(self, round_index: int, rounds: int):
         """The pending ``rayagg scale`` request (a membership.Request), or None."""
@@ -81,7 +87,7 @@ class Recovery:
             raise RecoveryError(decision.fatal)
         self.tree, self.dead, self.left = decision.tree, decision.dead, decision.left
         for action in decision.actions:
-            if not isinstance(action, (DeclareDead, Reparent, DropLeaf, Restart, Rejoin, Join, Leave)):
+            if not isinstance(action, (DeclareDead, Reparent, DropLeaf, Restart, Rejoin, Join, Leave, Rebalance)):
                 raise TypeError(f"unknown action {action!r}")
             self._log(EventKind(action.kind.value), action.node, action.describe())
         self._hosts.retire(a.node for a in decision.actions if isinstance(a, (DeclareDead, Leave)))

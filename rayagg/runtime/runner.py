@@ -39,7 +39,7 @@ from rayagg import membership, rundir, store
 from rayagg.errors import RecoveryError
 from rayagg.events import Event, EventKind
 from rayagg.membership import Change, Members
-from rayagg.plan import Plan
+from rayagg.plan import Plan, balancing_policy
 from rayagg.rundir import RunState, expected_bridge_counts
 from rayagg.runtime.bridge import BridgeRoutes, training_leaves
 from rayagg.runtime.cluster import cluster_nodes, connect, on_driver_node
@@ -123,7 +123,8 @@ class RayRunner:
         supervisor = SupervisorActor.options(
             name="supervisor", namespace=self.namespace, scheduling_strategy=on_driver_node(),
         ).remote(self._tree, _policy(self._supervision), self._subtree_sizes(), self._dead, self._left,
-                 self.plan.config.tree.elastic, self.round_index)
+                 self.plan.config.tree.elastic, self.round_index, balancing_policy(self.plan.config),
+                 self.plan.config.balance.cooldown, self.plan.label_counts)
         self.recovery = Recovery(supervisor, self.hosts, self.bridge, self._tree, self._dead,
                                  timeout_s=self._runtime.startup_timeout_s, log=self._event,
                                  restore=self._restore, left=self._left)
@@ -218,6 +219,17 @@ class RayRunner:
 
     def _leaves(self, node: str) -> list[str]:
         return training_leaves(self.tree, self.dead, node, self._supervision.keep_dead_leaf_samples, self.left)
+
+    # ---------------------------------------------------------------- balancing
+
+    def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None:
+        """Before ``round_index``: the balancing policy moves devices between edges, judged
+        by each edge's ``busy_s`` in the round before; each moved subtree's bridge samples
+        go to its new parent from the driver's refs and the old parent drops them, as in
+        re-parenting. A node that dies during the move is recovered like any other."""
+        self._repair()
+        self.recovery.rebalance(round_index, busy_s)
+        self._repair()
 
     # ---------------------------------------------------------------- elastic devices
 

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Optional
 
 import ray
 
-from rayagg import supervision
+from rayagg import balance, supervision
 from rayagg.config import Elastic
 from rayagg.membership import Request
 from rayagg.supervision import Decision, NoSurvivorError, Policy, SupervisorState
@@ -31,8 +31,11 @@ class SupervisorActor:
 
     def __init__(self, tree: Tree, policy: Policy, load: Mapping[str, int],
                  dead: frozenset[str] = frozenset(), left: frozenset[str] = frozenset(),
-                 elastic: Optional[Elastic] = None, round_index: int = 0):
-        state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load)
+                 elastic: Optional[Elastic] = None, round_index: int = 0,
+                 balancing: balance.Policy = balance.Policy(), cooldown: int = 2,
+                 labels: Optional[Mapping[str, tuple[int, ...]]] = None):
+        state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load, balancing=balancing,
+                                      cooldown=cooldown, labels=labels)
         self._state = dataclasses.replace(state, dead=frozenset(dead), left=frozenset(left))
         self._elastic = elastic
         self._request: Optional[Request] = None
@@ -76,6 +79,11 @@ class SupervisorActor:
                 actions.append(action)
         except NoSurvivorError as exc:
             return self._answer(actions, fatal=str(exc))
+        return self._answer(actions)
+
+    async def rebalance(self, round_index: int, busy_s: Mapping[str, float]) -> Decision:
+        """The balancing policy's moves before ``round_index`` (see ``supervision.rebalance``)."""
+        self._state, actions = supervision.rebalance(self._state, round_index, busy_s)
         return self._answer(actions)
 
     # ------------------------------------------------------------ scale requests

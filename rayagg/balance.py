@@ -1,0 +1,383 @@
+"""Balancing devices across edges: pure policies, loads in, moves out. No Ray, no torch.
+
+In FedAgg a round ends when every edge has trained with each of its devices and then
+with the cloud, so the slowest edge subtree sets the round time. Theorem 1 of the
+paper lets any device (with its subtree) hang under any node of the tier above, so a
+runtime may move devices between rounds to even the edges out.
+
+Every place a node gets a parent asks the run's :class:`Policy` (one place for the
+choice): the initial tree (:func:`initial_tree`), a device joining, the orphans of a
+dead edge and a dead device re-joining (rayagg/supervision.py, through
+:meth:`Policy.place`), and rebalancing between rounds (:meth:`Policy.moves`). The
+policies:
+
+* ``none``: the tree as configured; a device that needs a parent gets the edge with
+  the fewest bridge samples. Never moves a device on its own.
+* ``round-robin``: even numbers of children (placement in turn, ties to the lowest
+  index).
+* ``least-samples``: even numbers of bridge samples.
+* ``least-busy``: even predicted seconds: an edge's time is its measured seconds per
+  bridge sample (smoothed over rounds) times the samples it holds, so devices move
+  from slow edges to fast ones. Before anything is measured it acts as least-samples.
+* ``label-balance``: each edge's bridge labels as close to the global label mix as
+  it goes (the sum over edges of samples x total-variation distance to the global
+  mix), while no edge holds more than ``threshold`` x the mean samples. It moves
+  or swaps devices.
+
+Hysteresis (so that devices do not flap between edges on noisy measurements): the
+measured speeds are smoothed (half the last round, half the history); the load
+policies move only while the predicted max/mean exceeds ``threshold``; every
+step must cut the policy's objective by ``min_gain`` of it; a device that moved stays
+put for ``cooldown`` rounds (the caller passes only the movable devices).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from rayagg.tree import Tree
+
+POLICIES = ("none", "round-robin", "least-samples", "least-busy", "label-balance")
+
+
+@dataclass(frozen=True)
+class Move:
+    """``node`` (with its subtree) moves from ``old_parent`` to ``new_parent``."""
+
+    node: str
+    old_parent: str
+    new_parent: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The hysteresis of one rebalancing (see ``config.BalanceConfig``)."""
+
+    max_moves: int = 2
+    threshold: float = 1.2
+    min_gain: float = 0.05
+
+
+@dataclass(frozen=True)
+class Loads:
+    """One tier of parents as a policy sees it.
+
+    ``children``: live parent -> its children; ``samples``: child -> bridge samples of
+    its subtree; ``labels``: child -> label counts of those samples (one entry per
+    class); ``speed``: parent -> measured seconds per bridge sample (may be missing);
+    ``held``: parent -> the bridge samples it holds, where known (it may hold more than
+    its children's: those of devices that died under it); else its children's sum.
+    """
+
+    children: Mapping[str, tuple[str, ...]]
+    samples: Mapping[str, int]
+    labels: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    speed: Mapping[str, float] = field(default_factory=dict)
+    held: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def parents(self) -> list[str]:
+        return sorted(self.children, key=_index_key)
+
+    def parent_samples(self, parent: str) -> int:
+        if parent in self.held:
+            return self.held[parent]
+        return sum(self.samples.get(child, 0) for child in self.children[parent])
+
+    def parent_labels(self, parent: str) -> np.ndarray:
+        total = np.zeros(self._classes(), dtype=np.int64)
+        for child in self.children[parent]:
+            total += self._labels(child)
+        return total
+
+    def seconds_per_sample(self, parent: str) -> float:
+        """Measured, else the mean of the measured parents, else 1 (nothing measured yet)."""
+        if parent in self.speed:
+            return self.speed[parent]
+        known = [self.speed[p] for p in self.children if p in self.speed]
+        return sum(known) / len(known) if known else 1.0
+
+    def with_child(self, child: str, parent: str, samples: int,
+                   labels: Optional[Sequence[int]] = None) -> "Loads":
+        """``child`` (not yet under any of these parents) hangs under ``parent``."""
+        children = {**self.children, parent: tuple(sorted((*self.children[parent], child), key=_index_key))}
+        new_labels = {**self.labels, child: labels} if labels is not None else self.labels
+        return replace(self, children=children, samples={**self.samples, child: samples}, labels=new_labels,
+                       held=self._held_plus(parent, samples))
+
+    def without(self, child: str) -> "Loads":
+        """``child`` taken out from under its parent (its samples too)."""
+        parent = self.parent_of(child)
+        children = {**self.children, parent: tuple(c for c in self.children[parent] if c != child)}
+        return replace(self, children=children, held=self._held_plus(parent, -self.samples.get(child, 0)))
+
+    def with_move(self, move: Move) -> "Loads":
+        moved = self.samples.get(move.node, 0)
+        return self.without(move.node).with_child(move.node, move.new_parent, moved, self.labels.get(move.node))
+
+    def _held_plus(self, parent: str, samples: int) -> Mapping[str, int]:
+        if parent not in self.held:
+            return self.held
+        return {**self.held, parent: self.held[parent] + samples}
+
+    def parent_of(self, child: str) -> str:
+        """The parent ``child`` hangs under; ValueError if none of these."""
+        for parent, kids in self.children.items():
+            if child in kids:
+                return parent
+        raise ValueError(f"{child} hangs under none of {', '.join(self.parents)}")
+
+    def _classes(self) -> int:
+        return max((len(counts) for counts in self.labels.values()), default=1)
+
+    def _labels(self, child: str) -> np.ndarray:
+        counts = np.zeros(self._classes(), dtype=np.int64)
+        given = self.labels.get(child)
+        if given is not None:
+            counts[:len(given)] = given
+        return counts
+
+
+# ---------------------------------------------------------------------------- policies
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``none``: places by fewest bridge samples and never moves a device on its own.
+
+    Subclasses define :meth:`load` (the per-parent quantity they even out) or override
+    :meth:`place` and :meth:`moves`. ``limits`` is the hysteresis of a rebalancing.
+    """
+
+    limits: Limits = Limits()
+    name: ClassVar[str] = "none"
+
+    def load(self, loads: Loads, parent: str) -> float:
+        return float(loads.parent_samples(parent))
+
+    def place(self, loads: Loads, child: str, samples: int, labels: Optional[Sequence[int]] = None) -> str:
+        """The parent ``child`` (with ``samples`` bridge samples) should hang under: the
+        least loaded once it is added; ties go to the lowest index."""
+        if not loads.children:
+            raise ValueError(f"no live parent to place {child} under")
+        return min(loads.parents,
+                   key=lambda p: (self.load(loads.with_child(child, p, samples, labels), p), _index_key(p)))
+
+    def imbalance(self, loads: Loads) -> float:
+        """Max / mean of :meth:`load` over the parents (1.0: even; also when all are 0)."""
+        values = [self.load(loads, p) for p in loads.parents]
+        mean = sum(values) / len(values) if values else 0.0
+        return max(values) / mean if mean > 0 else 1.0
+
+    def moves(self, loads: Loads, movable: Iterable[str]) -> list[Move]:
+        """The moves to make now: at most ``limits.max_moves``, of ``movable`` nodes only."""
+        return []
+
+
+class _EvenLoad(Policy):
+    """Moves devices off the most loaded parent while the imbalance exceeds the threshold
+    and a move cuts that parent's load by ``min_gain``: the sorted loads fall every
+    step, so with fixed measurements nothing can flap."""
+
+    def moves(self, loads: Loads, movable: Iterable[str]) -> list[Move]:
+        movable, moves = set(movable), []
+        while len(moves) < self.limits.max_moves and self.imbalance(loads) > self.limits.threshold:
+            move = self._best_move(loads, movable)
+            if move is None:
+                break
+            moves.append(move)
+            movable.discard(move.node)
+            loads = loads.with_move(move)
+        return moves
+
+    def _best_move(self, loads: Loads, movable: set[str]) -> Optional[Move]:
+        """The move off the heaviest parent that leaves the larger of the two loads it
+        changes lowest (ties: the lighter target, then the lowest indices); None unless
+        it gains ``min_gain``."""
+        heaviest = max(loads.parents, key=lambda p: (self.load(loads, p), -_index_key(p)[0]))
+        candidates = []
+        for child in loads.children[heaviest]:
+            if child not in movable:
+                continue
+            for target in loads.parents:
+                if target != heaviest:
+                    after = loads.with_move(Move(child, heaviest, target))
+                    worst = max(self.load(after, heaviest), self.load(after, target))
+                    # Ties go to the target left lightest: piling moves onto one target
+                    # would make it the heaviest, its children frozen for this call.
+                    candidates.append((worst, self.load(after, target), _index_key(child), _index_key(target),
+                                       Move(child, heaviest, target)))
+        if not candidates:
+            return None
+        worst, *_, move = min(candidates)
+        return move if worst < self.load(loads, heaviest) * (1 - self.limits.min_gain) else None
+
+
+class RoundRobin(_EvenLoad):
+    """Even numbers of children."""
+
+    name: ClassVar[str] = "round-robin"
+
+    def load(self, loads: Loads, parent: str) -> float:
+        return float(len(loads.children[parent]))
+
+
+class LeastSamples(_EvenLoad):
+    """Even numbers of bridge samples."""
+
+    name: ClassVar[str] = "least-samples"
+
+
+class LeastBusy(_EvenLoad):
+    """Even predicted seconds: measured seconds per bridge sample x samples held."""
+
+    name: ClassVar[str] = "least-busy"
+
+    def load(self, loads: Loads, parent: str) -> float:
+        return loads.seconds_per_sample(parent) * loads.parent_samples(parent)
+
+
+class LabelBalance(Policy):
+    """Each parent's label mix close to the global one, samples kept within
+    ``threshold`` x the mean (placement too)."""
+
+    name: ClassVar[str] = "label-balance"
+
+    def objective(self, loads: Loads) -> float:
+        """Sum over parents of samples x total-variation distance of their label mix to the
+        global mix: the number of samples that would have to change edges for every edge
+        to see the global mix."""
+        per_parent = {p: loads.parent_labels(p) for p in loads.parents}
+        total = sum(per_parent.values())
+        if not np.any(total):
+            return 0.0
+        mix = total / total.sum()
+        return float(sum(_misfit(counts, mix) for counts in per_parent.values()))
+
+    def place(self, loads: Loads, child: str, samples: int, labels: Optional[Sequence[int]] = None) -> str:
+        if not loads.children:
+            raise ValueError(f"no live parent to place {child} under")
+        fitting = self._within(loads, samples, self.limits.threshold)
+        if not fitting:
+            return super().place(loads, child, samples, labels)
+        return min(fitting, key=lambda p: (self.objective(loads.with_child(child, p, samples, labels)),
+                                           loads.parent_samples(p), _index_key(p)))
+
+    def moves(self, loads: Loads, movable: Iterable[str]) -> list[Move]:
+        movable, moves = set(movable), []
+        while len(moves) < self.limits.max_moves:
+            step = self._best_step(loads, movable, self.limits.max_moves - len(moves))
+            if not step:
+                break
+            moves += step
+            for move in step:
+                movable.discard(move.node)
+                loads = loads.with_move(move)
+        return moves
+
+    def _best_step(self, loads: Loads, movable: set[str], budget: int) -> list[Move]:
+        """The move or swap (two moves) out of the worst-mixed parent that cuts the
+        objective most, by at least ``min_gain`` of it, keeping samples in bounds."""
+        before = self.objective(loads)
+        if before == 0:
+            return []
+        limits = self.limits
+        cap = limits.threshold * sum(loads.parent_samples(p) for p in loads.parents) / len(loads.parents)
+        mix = self._mix(loads)
+        worst = max(loads.parents, key=lambda p: _misfit(loads.parent_labels(p), mix))
+        best, best_after = [], before * (1 - limits.min_gain)
+        for child in loads.children[worst]:
+            if child not in movable:
+                continue
+            for target in loads.parents:
+                if target == worst:
+                    continue
+                steps = [[Move(child, worst, target)]]
+                if budget >= 2:
+                    steps += [[Move(child, worst, target), Move(other, target, worst)]
+                              for other in loads.children[target] if other in movable]
+                for step in steps:
+                    after = loads
+                    for move in step:
+                        after = after.with_move(move)
+                    if max(after.parent_samples(worst), after.parent_samples(target)) > max(
+                            cap, loads.parent_samples(worst), loads.parent_samples(target)):
+                        continue
+                    value = self.objective(after)
+                    if value < best_after:
+                        best, best_after = step, value
+        return best
+
+    @staticmethod
+    def _mix(loads: Loads) -> np.ndarray:
+        total = sum(loads.parent_labels(p) for p in loads.parents)
+        return total / max(1, total.sum())
+
+    @staticmethod
+    def _within(loads: Loads, samples: int, threshold: float) -> list[str]:
+        mean = (sum(loads.parent_samples(p) for p in loads.parents) + samples) / len(loads.parents)
+        return [p for p in loads.parents if loads.parent_samples(p) + samples <= threshold * mean]
+
+
+def _misfit(counts: np.ndarray, mix: np.ndarray) -> float:
+    """Samples x total-variation distance between ``counts``' mix and ``mix``."""
+    n = counts.sum()
+    return 0.0 if n == 0 else float(0.5 * np.abs(counts - n * mix).sum())
+
+
+_POLICIES = {policy.name: policy for policy in (Policy, RoundRobin, LeastSamples, LeastBusy, LabelBalance)}
+
+
+def policy_named(name: str, limits: Limits = Limits()) -> Policy:
+    """The policy called ``name`` (one of :data:`POLICIES`); ValueError otherwise."""
+    try:
+        return _POLICIES[name](limits)
+    except KeyError:
+        raise ValueError(f"unknown balancing policy {name!r}; choose one of {', '.join(POLICIES)}") from None
+
+
+# ---------------------------------------------------------------------------- the tree
+
+
+def loads_of(tree: Tree, tier: int, *, dead: frozenset[str], samples: Mapping[str, int],
+             labels: Mapping[str, Sequence[int]], speed: Mapping[str, float] = {}) -> Loads:
+    """The live nodes of ``tier`` as parents, with their children (the dead among them
+    too: their samples stay with their ancestors); ``samples`` and ``labels`` per node
+    (subtree totals; leaves' labels are summed up the subtree here)."""
+    children = {p: tuple(tree.children(p)) for p in tree.nodes_of_tier(tier) if p not in dead}
+    kids = [c for cs in children.values() for c in cs]
+    return Loads(children, {c: samples.get(c, 0) for c in kids},
+                 {c: subtree_labels(tree, c, labels) for c in kids}, dict(speed),
+                 {p: samples[p] for p in children if p in samples})
+
+
+def subtree_labels(tree: Tree, node: str, leaf_labels: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
+    """Label counts of every leaf's bridge samples under ``node``."""
+    counts = [np.asarray(leaf_labels[leaf]) for leaf in tree.leaves(node) if leaf in leaf_labels]
+    return tuple(int(x) for x in sum(counts)) if counts else ()
+
+
+def initial_tree(tree: Tree, policy: Policy, samples: Mapping[str, int],
+                 labels: Mapping[str, Sequence[int]]) -> Tree:
+    """``tree`` (the configured, evenly counted tree) with its leaves placed by ``policy``:
+    unchanged for ``none``; round-robin in index order; the others largest leaf first,
+    which packs unequal shards more evenly."""
+    if policy.name == "none":
+        return tree
+    leaf_tier = len(tree.tier_names) - 1
+    leaves = tree.nodes_of_tier(leaf_tier)
+    if policy.name != "round-robin":
+        leaves = sorted(leaves, key=lambda leaf: (-samples[leaf], _index_key(leaf)))
+    loads = Loads({p: () for p in tree.nodes_of_tier(leaf_tier - 1)}, {})
+    parent_of = dict(tree.parent_of)
+    for leaf in leaves:
+        parent = policy.place(loads, leaf, samples[leaf], labels.get(leaf))
+        loads = loads.with_child(leaf, parent, samples[leaf], labels.get(leaf))
+        parent_of[leaf] = parent
+    return Tree.from_parents(tree.tier_names, parent_of)
+
+
+def _index_key(node: str) -> tuple[int, str]:
+    return int(node.rsplit("-", 1)[1]), node

@@ -246,8 +246,7 @@ def scale(run_dir: str, devices: Optional[int], add: Optional[int], remove: Opti
 
 @main.command("balance-test")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--policies", default=",".join(("none", "round-robin", "least-samples", "least-busy", "label-balance")),
-              show_default=True, help="Comma-separated balancing policies to run.")
+@click.option("--policies", default="none,round-robin,least-samples,least-busy,label-balance", show_default=True, help="Comma-separated balancing policies to run.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="Override training.rounds.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every policy runs with each.")

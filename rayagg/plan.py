@@ -92,8 +92,8 @@ def make_plan(config: RunConfig, dataset: Optional[data.Dataset] = None) -> Plan
     test = data.take_subset(np.arange(len(dataset.test_labels)), cfg.test_samples, seed)
     counts = {leaf: tuple(int(n) for n in np.bincount(labels[shard], minlength=dataset.num_classes))
               for leaf, shard in zip(leaves, shards)}
-    tree = balance.initial_tree(tree, balancing_policy(config), {leaf: len(s) for leaf, s in zip(leaves, shards)},
-                                counts)
+    sizes = {leaf: len(shard) for leaf, shard in zip(leaves, shards)}
+    tree = balance.initial_tree(tree, balancing_policy(config), sizes, counts)
     blob, digest = _autoencoder(config, dataset, public)
     return Plan(config, tree, dict(zip(leaves, shards)), test, dataset.image_shape,
                 dataset.num_classes, blob, digest, counts)

@@ -338,8 +338,9 @@ def rebalance(state: SupervisorState, round_index: int,
             speed[parent] = SPEED_SMOOTHING * measured + (1 - SPEED_SMOOTHING) * speed.get(parent, measured)
     state = replace(state, speed=speed)
     loads = balance.loads_of(tree, tier, dead=state.dead, samples=state.load, labels=state.labels, speed=speed)
+    settled = lambda child: round_index - state.moved_at.get(child, -state.cooldown - 1) > state.cooldown
     movable = [child for kids in loads.children.values() for child in kids
-               if child not in state.dead and round_index - state.moved_at.get(child, -state.cooldown - 1) > state.cooldown]
+               if child not in state.dead and settled(child)]
     actions = []
     for move in state.balancing.moves(loads, movable):
         why = _why(state.balancing, loads, move)

@@ -17,9 +17,12 @@ from rayagg.errors import NodeDiedError, NodeTimeoutError, RecoveryError
 from rayagg.events import EventKind
 from rayagg.runtime.bridge import BridgeRoutes
 from rayagg.runtime.hosts import HostPool
-from rayagg.supervision import (Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rebalance, Rejoin, Reparent,
-                                Restart)
+from rayagg.supervision import (Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rebalance, Rejoin,
+                                Reparent, Restart)
 from rayagg.tree import Tree
+
+
+APPLIED = (DeclareDead, Reparent, DropLeaf, Restart, Rejoin, Join, Leave, Rebalance)  # every action kind
 
 
 class Recovery:
@@ -87,7 +90,7 @@ class Recovery:
             raise RecoveryError(decision.fatal)
         self.tree, self.dead, self.left = decision.tree, decision.dead, decision.left
         for action in decision.actions:
-            if not isinstance(action, (DeclareDead, Reparent, DropLeaf, Restart, Rejoin, Join, Leave, Rebalance)):
+            if not isinstance(action, APPLIED):
                 raise TypeError(f"unknown action {action!r}")
             self._log(EventKind(action.kind.value), action.node, action.describe())
         self._hosts.retire(a.node for a in decision.actions if isinstance(a, (DeclareDead, Leave)))

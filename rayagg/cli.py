@@ -79,6 +79,7 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
         if overwrite:
             rundir.clear_run_dir(run_dir)
         click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
+        _echo_emulation(config)
         with click.progressbar(length=config.training.rounds, label="rounds",
                                file=sys.stderr) as bar:
             if state is not None:
@@ -333,6 +334,20 @@ def check(config_path: str) -> None:
                 f" (elastic: {tier.elastic.min_devices}..{tier.elastic.max_devices})"
             click.echo(f"{tier.name}: {count}{elastic} x {tier.model}{packing}  "
                        f"{tier.resources.model_dump()} per node")
+        balance = config.balance
+        moves = (f"rebalanced every {balance.every} round(s), up to {balance.max_moves} moves"
+                 if balance.every and balance.policy != "none" else "no moves between rounds")
+        click.echo(f"balance: {balance.policy} ({moves})")
+        _echo_emulation(config)
+
+
+def _echo_emulation(config) -> None:
+    """Says so when the config emulates slower machines: left on by mistake, it would
+    only show as slow rounds."""
+    slowdown = config.emulation.slowdown
+    if slowdown:
+        slower = ", ".join(f"{name} x{factor:g}" for name, factor in slowdown.items())
+        click.echo(f"rayagg: test bench: emulating slower machines ({slower}; emulation.slowdown)")
 
 
 def _index(node: str) -> int:

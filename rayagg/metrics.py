@@ -92,7 +92,8 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
                   events: Sequence = ()) -> None:
     """Draws mean test accuracy per tier per round to a PNG; deaths, restarts and
     resumes are marked with a dashed line at their round, devices joining and leaving
-    with a dotted line between the rounds they came between (``+21 -3``)."""
+    with a dotted line between the rounds they came between (``+21 -3``). Below, when
+    the tree has edges, a small panel shows their imbalance per round (:func:`imbalance`)."""
     import matplotlib  # imported here: a plot is optional work at the very end of a run
 
     matplotlib.use("Agg")
@@ -100,7 +101,28 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
     import matplotlib.ticker
 
     rounds = sorted({r.round for r in records})
-    fig, ax = plt.subplots(figsize=(6, 4))
+    edges = balanced_tier(tier_names)
+    ratios = {n: imbalance([r for r in records if r.round == n], edges) for n in rounds} if edges else {}
+    ratios = {n: ratio for n, ratio in ratios.items() if ratio is not None}
+    if ratios:
+        fig, (ax, load_ax) = plt.subplots(2, 1, figsize=(6, 5.2), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1]})
+        load_ax.plot(list(ratios), list(ratios.values()), marker=".", color="tab:red")
+        load_ax.axhline(1.0, color="grey", linestyle=":", alpha=0.6)
+        moved: dict[float, int] = {}
+        for event in events:  # a move is made before the round after the one logged
+            if event.kind == "rebalance":
+                moved[event.round + 0.5] = moved.get(event.round + 0.5, 0) + 1
+        for boundary, count in sorted(moved.items()):
+            load_ax.axvline(boundary, color="tab:green", linestyle=":", alpha=0.8)
+            load_ax.annotate(f"{count} moved", (boundary, max(ratios.values())), fontsize=7, ha="center",
+                             va="top", color="tab:green")
+        load_ax.set_ylabel(f"{edges}\nimbalance", fontsize=8)
+        load_ax.set_xlabel("round")
+        load_ax.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.set_xlabel("round")
     for tier in tier_names:
         curve = [tier_means([r for r in records if r.round == n], [tier]).get(tier) for n in rounds]
         ax.plot(rounds, [100 * a for a in curve], marker="o", label=tier)
@@ -117,7 +139,6 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
         ax.annotate(label, (boundary, ax.get_ylim()[1]), fontsize=8, va="top", ha="center",
                     color="tab:purple", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("FedAgg: mean test accuracy per tier")
     ax.grid(alpha=0.3)

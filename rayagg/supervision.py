@@ -343,19 +343,12 @@ def rebalance(state: SupervisorState, round_index: int,
                if child not in state.dead and settled(child)]
     actions = []
     for move in state.balancing.moves(loads, movable):
-        why = _why(state.balancing, loads, move)
+        why = state.balancing.explain(loads, move)
         loads = loads.with_move(move)
         state = _move(state, move.node, move.new_parent)
         state = replace(state, moved_at={**state.moved_at, move.node: round_index})
-        actions.append(Rebalance(move.node, move.old_parent, move.new_parent, state.balancing.name, why))
+        actions.append(Rebalance(move.node, move.old_parent, move.new_parent, state.balancing.name, f": {why}"))
     return state, actions
-
-
-def _why(policy: balance.Policy, loads: balance.Loads, move: balance.Move) -> str:
-    """E.g. ``: load 412 -> 190`` (the policy's load on the parent it leaves)."""
-    before = policy.load(loads, move.old_parent)
-    after = policy.load(loads.with_move(move), move.old_parent)
-    return f": {move.old_parent} load {before:.3g} -> {after:.3g}"
 
 
 # ---------------------------------------------------------------------------- decide

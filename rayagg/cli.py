@@ -174,9 +174,9 @@ def status(run_dir: str) -> None:
 def _echo_load(records: list) -> None:
     """The edges' (the tier above the leaves) load in one round: children, bridge
     samples, busy and idle seconds, and the imbalance of their busy seconds."""
-    from rayagg.metrics import balanced_tier, imbalance
+    from rayagg.metrics import balanced_tier, imbalance, tier_order
 
-    tier = balanced_tier(list(dict.fromkeys(r.tier for r in records)))  # rows come root first
+    tier = balanced_tier(tier_order(records))
     if tier is None:
         return
     edges = sorted((r for r in records if r.tier == tier), key=lambda r: _index(r.node))

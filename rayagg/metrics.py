@@ -58,6 +58,17 @@ def imbalance(records: Sequence[NodeMetrics], tier: str) -> Optional[float]:
     return max(busy) / (sum(busy) / len(busy))
 
 
+def tier_order(records: Sequence[NodeMetrics]) -> list[str]:
+    """The tiers of one round's rows, root first, read from who is whose parent (rows come
+    in no particular order); empty when the root has no row."""
+    tier_of = {r.node: r.tier for r in records}
+    below = {tier_of[r.parent]: r.tier for r in records if r.parent in tier_of}
+    order = [r.tier for r in records if not r.parent][:1]
+    while order and order[-1] in below and below[order[-1]] not in order:
+        order.append(below[order[-1]])
+    return order
+
+
 def balanced_tier(tier_names: Sequence[str]) -> Optional[str]:
     """The tier whose load is balanced: the one above the leaves (the edges), unless that
     is the root."""

@@ -620,3 +620,18 @@ def test_balance_test_names_unknown_policies():
     assert parse_policies("none, least-busy") == ["none", "least-busy"]
     with pytest.raises(ConfigError, match="unknown fastest; choose from none, round-robin"):
         parse_policies("none,fastest")
+
+
+def test_the_edges_load_is_found_in_rows_of_any_order():
+    import random
+
+    from rayagg.metrics import NodeMetrics, balanced_tier, imbalance, tier_order
+
+    tree = Tree.balanced(["cloud", "edge", "device"], [1, 2, 4])
+    busy = {"cloud-0": 9.0, "edge-0": 6.0, "edge-1": 2.0, **{f"device-{i}": 0.1 for i in range(4)}}
+    rows = [NodeMetrics(1, n, tree.tier_name(n), 0.5, 1.0, busy[n], 10.0, tree.parent_of[n] or "")
+            for n in tree.nodes]
+    random.Random(0).shuffle(rows)  # the runtime reports nodes as their calls finish
+    assert tier_order(rows) == ["cloud", "edge", "device"]
+    assert balanced_tier(tier_order(rows)) == "edge"
+    assert imbalance(rows, "edge") == pytest.approx(6.0 / 4.0)  # max 6 over mean 4

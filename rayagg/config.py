@@ -262,12 +262,12 @@ class SupervisionConfig(_Section):
 
     A node is dead after ``heartbeat_interval_s * max_missed`` seconds of silence, or at
     once when a call to it reports its actor died. A dead edge's children move to the
-    least-loaded live node of its tier; a dead device leaves the rounds (its bridge
+    live node of its tier the balancing policy picks (``BalanceConfig``); a dead device leaves the rounds (its bridge
     samples stay with its ancestors unless ``keep_dead_leaf_samples`` is false); a dead
     root is restarted from its last checkpoint. ``replace_dead`` instead replaces a dead
     non-leaf by a fresh actor restored from its checkpoint, which keeps its children;
     ``rejoin_dead_leaves`` brings a dead device back at the start of the next round,
-    under the least-loaded node of the tier above. Restarts (and re-joins) are capped per
+    under the node of the tier above the balancing policy picks. Restarts (and re-joins) are capped per
     node by ``max_restarts``; re-parenting never spends them. ``checkpoint_every`` is in
     rounds.
     """

@@ -253,7 +253,8 @@ class RayRunner:
     def change_membership(self, change: Change) -> None:
         """Applies ``change`` at a round boundary: leavers stop (their hosts, if emptied,
         go); joiners are built, encode (new) or restore their checkpoint (returning),
-        enter the tree under the least-loaded parent, and their samples travel up."""
+        enter the tree under the parent the balancing policy picks, and their samples
+        travel up."""
         if change.leaves:
             self.recovery.change_membership({}, list(change.leaves))
         if change.joins:

@@ -293,9 +293,10 @@ class BalanceConfig(_Section):
     ``every`` rounds (0: never; the tree changes only on those events). A rebalancing
     moves at most ``max_moves`` devices, only while the edges' predicted load is
     more than ``threshold`` x their mean (label-balance: it keeps every edge's
-    samples within ``threshold`` x the mean while it mixes labels), only for a gain of
-    ``min_gain`` (a fraction of the policy's objective) and never a device that moved
-    in the last ``cooldown`` rounds: the hysteresis that keeps devices from flapping.
+    samples within ``threshold`` x the mean while it mixes labels), only if the moves
+    cut the spread of the edges' loads by ``min_gain`` of it (label-balance: each step
+    the worst-mixed edge's misfit), and never a device that moved in the last
+    ``cooldown`` rounds: the hysteresis that keeps devices from flapping.
     """
 
     policy: Literal["none", "round-robin", "least-samples", "least-busy", "label-balance"] = "none"

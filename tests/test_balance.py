@@ -236,13 +236,24 @@ def test_no_moves_while_the_imbalance_is_within_threshold():
     assert LeastBusy(Limits(threshold=1.2, min_gain=0.0)).moves(timed, all_children(timed)) == []
 
 
-def test_a_move_that_gains_less_than_min_gain_is_not_made():
-    # edge-0 holds 55 + 10, edge-1 50: moving the 10 leaves the heavier edge at 60, a gain of
-    # 5/65 = 7.7% of the heaviest load; moving the 55 would make things worse.
-    loads = make_loads({"edge-0": [55, 10], "edge-1": [50]})
-    assert LeastSamples(Limits(threshold=1.0, min_gain=0.07)).moves(loads, all_children(loads)) == [
-        Move("device-1", "edge-0", "edge-1")]
-    assert LeastSamples(Limits(threshold=1.0, min_gain=0.08)).moves(loads, all_children(loads)) == []
+def test_moves_that_gain_less_than_min_gain_of_the_spread_are_not_made():
+    # 31 / 30 / 10 / 10 (mean 20.25): the only move that lowers edge-0 is its 1-sample device
+    # to edge-2 (30 / 30 / 11 / 10), after which no move helps. The spread (sum of squared
+    # deviations from the mean) falls from 420.75 to 380.75: by 9.5 %.
+    loads = make_loads({"edge-0": [30, 1], "edge-1": [30], "edge-2": [10], "edge-3": [10]})
+    assert LeastSamples(Limits(threshold=1.0, min_gain=0.09)).spread(loads) == pytest.approx(420.75)
+    assert LeastSamples(Limits(threshold=1.0, min_gain=0.09)).moves(loads, all_children(loads)) == [
+        Move("device-1", "edge-0", "edge-2")]
+    assert LeastSamples(Limits(threshold=1.0, min_gain=0.10)).moves(loads, all_children(loads)) == []
+
+
+def test_many_small_devices_still_move_though_each_shifts_little_of_an_edges_load():
+    # 30 edges of 33 or 34 devices of 40 samples; edge-0 4x slower. One device is 3 % of
+    # edge-0's load, under min_gain 5 %, but two moves cut the spread by far more than 5 %.
+    per_edge = {f"edge-{e}": [40] * (34 if e < 10 else 33) for e in range(30)}
+    loads = dataclasses.replace(make_loads(per_edge), speed={e: 4.0 if e == "edge-0" else 1.0 for e in per_edge})
+    moves = LeastBusy(Limits(max_moves=2)).moves(loads, all_children(loads))
+    assert len(moves) == 2 and all(m.old_parent == "edge-0" for m in moves)
 
 
 def test_only_movable_devices_move():

@@ -53,9 +53,8 @@ def compare(config: RunConfig, policies: Sequence[str], out: pathlib.Path, *, se
 
     from rayagg.plan import make_plan
     from rayagg.run import execute
-    from rayagg.runtime import RayRunner, connect
-
     from rayagg.rundir import check_new_run_dir
+    from rayagg.runtime import RayRunner, connect
 
     runs = [(seed, policy, out / f"{policy}-seed{seed}") for seed in seeds for policy in policies]
     for *_, run_dir in runs:  # before any run starts, not after the first hour

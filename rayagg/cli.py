@@ -336,7 +336,7 @@ def check(config_path: str) -> None:
                        f"{tier.resources.model_dump()} per node")
         balance = config.balance
         moves = (f"rebalanced every {balance.every} round(s), up to {balance.max_moves} moves"
-                 if balance.every and balance.policy != "none" else "no moves between rounds")
+                 if balance.rebalances else "no moves between rounds")
         click.echo(f"balance: {balance.policy} ({moves})")
         _echo_emulation(config)
 

@@ -306,6 +306,11 @@ class BalanceConfig(_Section):
     min_gain: float = Field(0.05, ge=0, lt=1)
     cooldown: int = Field(2, ge=0)
 
+    @property
+    def rebalances(self) -> bool:
+        """Whether live devices may move between rounds (not with ``none`` or ``every: 0``)."""
+        return self.policy != "none" and self.every > 0
+
 
 class EmulationConfig(_Section):
     """Emulation for a test bench: unequal machines reproduced on one machine; off by

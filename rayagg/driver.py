@@ -29,7 +29,7 @@ class LocalRunner:
             raise ConfigError("the in-process driver trains a fixed tree: an elastic schedule or "
                               "churn model needs the Ray runtime (drop --local)")
         balance = plan.config.balance
-        if balance.policy != "none" and balance.every > 0:
+        if balance.rebalances:
             raise ConfigError(f"the in-process driver trains a fixed tree: rebalancing (balance.policy "
                               f"{balance.policy}, every {balance.every}) needs the Ray runtime (drop --local, "
                               "or set balance.every: 0 to keep only the policy's initial placement)")

@@ -201,7 +201,7 @@ def _rebalance(runner: Runner, records: list[NodeMetrics], round_index: int) -> 
     """Every ``balance.every`` rounds, from round 2 on, the balancing policy may move
     devices between edges, judging by the busy seconds of the round just measured."""
     config = runner.plan.config.balance
-    if config.policy == "none" or config.every == 0 or round_index == 1 or (round_index - 1) % config.every:
+    if not config.rebalances or round_index == 1 or (round_index - 1) % config.every:
         return
     runner.rebalance(round_index, {r.node: r.seconds for r in records if r.round == round_index - 1})
 

@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision
 from torch import nn
-from torchvision.models.resnet import ResNet
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from rayagg.errors import ConfigError
 from rayagg.models import BUILTIN_MODELS, build_model, check_model_name, count_parameters
@@ -66,6 +68,93 @@ def test_resnet_sizes_and_class(name, low, high):
     # The CIFAR stem: 3x3 stride 1, no max-pool.
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, nn.Identity)
+
+
+@pytest.mark.parametrize("name,layers", [("resnet10-imagenet", [1, 1, 1, 1]),
+                                         ("resnet18-imagenet", [2, 2, 2, 2])])
+def test_imagenet_resnet_matches_torchvision(name, layers):
+    # For 3 channels / 1000 classes the ImageNet layout is torchvision's own ResNet.
+    model = build_model(name, in_channels=3, image_size=32, num_classes=1000)
+    reference = ResNet(BasicBlock, layers, num_classes=1000)
+    assert isinstance(model, ResNet)
+    assert count_parameters(model) == count_parameters(reference)
+    assert [tuple(p.shape) for p in model.parameters()] == [tuple(p.shape) for p in reference.parameters()]
+
+
+def test_imagenet_resnet18_has_torchvision_resnet18_count():
+    model = build_model("resnet18-imagenet", in_channels=3, image_size=32, num_classes=1000)
+    assert count_parameters(model) == count_parameters(torchvision.models.resnet18()) == 11_689_512
+
+
+@pytest.mark.parametrize("layout", ["", "-imagenet"])
+def test_resnet_one_channel_count(layout):
+    # Only the stem differs from 3 channels: 64 output channels x k x k per input channel.
+    kernel = 7 if layout else 3
+    one = build_model(f"resnet18{layout}", in_channels=1, image_size=28, num_classes=10)
+    three = build_model(f"resnet18{layout}", in_channels=3, image_size=32, num_classes=10)
+    assert count_parameters(three) - count_parameters(one) == 2 * 64 * kernel * kernel
+
+
+@pytest.mark.parametrize("name", ["resnet10-imagenet", "resnet18-imagenet"])
+def test_imagenet_stem(name):
+    model = build_model(name, in_channels=1, image_size=28, num_classes=10)
+    conv = model.conv1
+    assert (conv.in_channels, conv.out_channels) == (1, 64)
+    assert conv.kernel_size == (7, 7) and conv.stride == (2, 2) and conv.padding == (3, 3)
+    assert conv.bias is None
+    assert isinstance(model.maxpool, nn.MaxPool2d) and model.maxpool.stride == 2
+    # torchvision's kaiming_normal_(fan_out): std = sqrt(2 / (64 * 7 * 7)) ~ 0.0253, where the
+    # default Conv2d init is uniform with std ~ 0.082 for one input channel.
+    assert conv.weight.std().item() == pytest.approx((2 / (64 * 49)) ** 0.5, rel=0.15)
+
+
+@pytest.mark.parametrize("name,in_channels,size,sizes", [
+    # Map side at the input of layer1..layer4, then at layer4's output.
+    ("resnet18-imagenet", 1, 28, [7, 7, 4, 2, 1]),
+    ("resnet10-imagenet", 3, 32, [8, 8, 4, 2, 1]),
+    ("resnet18", 1, 28, [28, 28, 14, 7, 4]),
+    ("resnet10", 3, 32, [32, 32, 16, 8, 4]),
+])
+def test_map_sizes_of_the_stages(name, in_channels, size, sizes):
+    model = build_model(name, in_channels=in_channels, image_size=size, num_classes=10).eval()
+    seen = []
+
+    def record(module, args, output):
+        seen.append((tuple(args[0].shape[2:]), tuple(output.shape[2:])))
+
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    handles = [stage.register_forward_hook(record) for stage in stages]
+    try:
+        with torch.no_grad():
+            model(torch.rand(2, in_channels, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    sides = [inp for inp, _ in seen] + [seen[-1][1]]
+    assert sides == [(side, side) for side in sizes]
+
+
+@pytest.mark.parametrize("in_channels,size", SHAPES)
+@pytest.mark.parametrize("name", ["resnet10-imagenet", "resnet18-imagenet"])
+def test_imagenet_resnet_trains_on_batch_of_two(name, in_channels, size):
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=in_channels, image_size=size, num_classes=10).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images, labels = torch.rand(2, in_channels, size, size), torch.tensor([3, 7])
+    before = model.fc.weight.detach().clone()
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.fc.weight)
+
+
+def test_imagenet_resnet_cannot_train_on_one_sample():
+    # Why no batch of one may reach a train-mode model: the last stage's map is 1x1.
+    model = build_model("resnet10-imagenet", in_channels=1, image_size=28, num_classes=10).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.rand(1, 1, 28, 28))
 
 
 def test_builds_are_independent():

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from rayagg import data, preflight
+from rayagg import data, models, preflight
 from rayagg.config import load_config, parse_config
 from rayagg.errors import ConfigError, DataError
 
@@ -55,6 +55,14 @@ def test_shipped_data_is_found(path):
 def test_working_user_factories_pass_on_every_data_set():
     for dataset in data.DATASETS:
         preflight.check_models(config_with("device", "factories:small", dataset=dataset))
+
+
+@pytest.mark.parametrize("model", models.BUILTIN_MODELS)
+def test_builtin_models_pass_on_every_data_set(model):
+    # The ImageNet-layout ResNets end in a 1x1 map: their train-mode BatchNorm needs the
+    # probe's batch of two (one sample raises).
+    for dataset in data.DATASETS:
+        preflight.check_models(config_with("cloud", model, dataset=dataset))
 
 
 @pytest.mark.parametrize("model,cause", [

@@ -60,11 +60,14 @@ class MeasuredRunner(RayRunner):
         self.round_s: list[float] = []
         super().connect()
 
-    def train_round(self) -> None:
+    def submit_round(self, round_index, checkpoint_dir=None, attempt=1) -> None:
         self.marks.setdefault("first_round", time.monotonic())
-        started = time.monotonic()
-        super().train_round()
-        self.round_s.append(time.monotonic() - started)
+        super().submit_round(round_index, checkpoint_dir, attempt)
+
+    def collect_round(self):
+        result = super().collect_round()
+        self.round_s.append(result.seconds)
+        return result
 
     def close(self) -> None:
         timeout_s = self.plan.config.runtime.startup_timeout_s

@@ -49,8 +49,8 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
     the mean of every other tier. An existing run in --out is an error unless
     --overwrite; `rayagg run --resume RUN_DIR` continues one.
 
-    Ctrl-C or SIGTERM: the round in flight finishes and is checkpointed, then the run
-    stops; a second signal stops at once, keeping the last complete checkpoint. Exit
+    Ctrl-C or SIGTERM: the rounds in flight finish and the last is checkpointed, then
+    the run stops; a second signal stops at once, keeping the last complete checkpoint. Exit
     codes: 0 done, 2 an error rayagg names (config, data, run files, a node, the
     cluster), 130 stopped by SIGINT, 143 stopped by SIGTERM, 1 an unexpected error.
     """
@@ -116,8 +116,8 @@ def _load_run_config(config_module, config_path: Optional[str], resume_dir: Opti
 
 
 def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
-    how = ("the round in flight was abandoned" if stopped.abandoned
-           else "the round in flight was finished")
+    how = ("the rounds in flight were abandoned" if stopped.abandoned
+           else "the rounds in flight were finished")
     if stopped.checkpoint_round is None:
         click.echo(f"rayagg: stopped by {stopped}; {how} before the first checkpoint: nothing to "
                    f"resume (start again with --out {run_dir} --overwrite)", err=True)
@@ -289,6 +289,44 @@ def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: 
         if json_path is not None:
             balance_bench.write_json(results, pathlib.Path(json_path))
             click.echo(f"rayagg: results in {json_path}")
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rounds of each run (overrides training.rounds).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures as a JSON object to this file.")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Where the two runs go, as local/ and ray/ (default: runs/bench-<name>-<timestamp>).")
+@click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (as for `run`).")
+def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Optional[str],
+          address: Optional[str]) -> None:
+    """Run CONFIG on Ray and with the in-process driver; show where a round's time goes.
+
+    Prints the median seconds per round of both runs and their ratio; the critical path
+    (the longest chain of calls that must run one after another, from each call's
+    measured time) and how close Ray's rounds came to it; the share of round time that
+    is not torch work on that path; bridge samples trained on per second; peak memory;
+    and the GFLOP/s achieved against this machine's matrix multiply. Both runs are full
+    run directories under --out.
+    """
+    from rayagg import preflight
+    from rayagg.config import load_config
+
+    with _user_errors():
+        config = load_config(config_path).with_rounds(rounds)
+        preflight.check_inputs(config)
+        out = pathlib.Path(out_dir or _default_run_dir(f"bench-{config.name}"))
+        if address is not None:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported
+        from rayagg import bench as bench_module
+
+        result = bench_module.bench(config, out, address=address, echo=click.echo)
+        click.echo(bench_module.report(result))
+        if json_path is not None:
+            bench_module.write_json(result, pathlib.Path(json_path))
+            click.echo(f"rayagg: figures in {json_path}")
 
 
 @main.command("pretrain-autoencoder")

@@ -127,6 +127,12 @@ class Tier(_Section):
     1, the default, gives every node a process of its own; 32 puts up to 32 nodes in one
     process, which shares one torch, one frozen autoencoder and one test split between
     them. Each node keeps its own model, optimizer, seed, data and checkpoint either way.
+
+    ``threads`` is each host's torch intra-op threads; by default its granted CPUs
+    (``num_cpus`` x nodes per host, at least 1), so actors sharing a machine do not
+    oversubscribe it. More threads than granted let a tier on the critical path (the
+    root: every round waits on its chain of calls) use cores the rest of the tree leaves
+    idle; Ray's CPU grants are logical, so nothing stops it, and nothing reserves them.
     """
 
     name: str
@@ -134,6 +140,7 @@ class Tier(_Section):
     count: Optional[int] = Field(None, ge=1)
     fanout: Optional[int] = Field(None, ge=1)
     nodes_per_actor: int = Field(1, ge=1)
+    threads: Optional[int] = Field(None, ge=1)
     resources: Resources = Field(default_factory=Resources)
     elastic: Optional[Elastic] = None  # the leaf tier only: devices join and leave
 
@@ -250,11 +257,19 @@ class RuntimeConfig(_Section):
     ``startup_timeout_s`` bounds actor creation and data loading. ``autoscaling`` says an
     autoscaler may add nodes, so a tree larger than the cluster's current totals is not
     an error (a request no node type can satisfy still is).
+
+    ``rounds_in_flight`` is how many rounds may be submitted before the oldest is
+    collected: with 2 (the default) an edge starts its next round with its devices while
+    the cloud still works with other edges, and every node still does the in-process
+    driver's work in the same order, so results are the same. 1 puts a barrier after
+    every round. A tree that may change at a round boundary (elastic devices,
+    rebalancing, a pending repair) is drained first, whatever the setting.
     """
 
     round_timeout_s: float = Field(1800.0, gt=0)
     startup_timeout_s: float = Field(300.0, gt=0)
     autoscaling: bool = False
+    rounds_in_flight: int = Field(2, ge=1)
 
 
 class SupervisionConfig(_Section):

@@ -1,13 +1,17 @@
 """The sequential in-process driver: the whole tree in one process, no Ray.
 
-It runs exactly the schedule the Ray runtime runs (``Tree.pairs``, child first within
-a pair), one pair at a time, so it is the reference the runtime is tested and
-benchmarked against. It is also the quickest way to try a config on a laptop.
+It runs exactly the steps the Ray runtime submits (``schedule.round_steps``: the pairs
+in post-order, child first within a pair), one at a time, so it is the reference the
+runtime is tested and benchmarked against. It is also the quickest way to try a config
+on a laptop.
 """
 from __future__ import annotations
 
 import pathlib
+import time
 from typing import Optional
+
+import torch
 
 from rayagg import checkpoint
 from rayagg.data import Dataset
@@ -17,6 +21,7 @@ from rayagg.membership import Change
 from rayagg.node import NodeState
 from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data
 from rayagg.rundir import RunState
+from rayagg.schedule import LOGITS, RoundResult, round_steps
 from rayagg.tree import Tree
 
 
@@ -44,6 +49,7 @@ class LocalRunner:
         self.round_index = 0
         self.checkpoint: Optional[RunState] = None
         self.bridge_stores: list[pathlib.Path] = []  # leaves encode again on resume
+        self._done: list[RoundResult] = []  # rounds run, not yet collected
 
     def connect(self) -> None:
         """Nothing to connect to: everything runs in this process."""
@@ -78,16 +84,35 @@ class LocalRunner:
     def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None:
         raise ConfigError("the in-process driver does not rebalance (see __init__)")
 
-    def train_round(self) -> None:
-        """Runs every pair once; TrainingError (a diverged node) names the round too."""
-        self.round_index += 1
+    max_rounds_in_flight = 1  # one process: a round runs whole when submitted
+    tree_changing = False
+
+    @property
+    def rounds_pending(self) -> list[int]:
+        return [result.round for result in self._done]
+
+    def submit_round(self, round_index: int, checkpoint_dir: Optional[pathlib.Path] = None) -> None:
+        """Runs the round's pairs (rayagg/schedule.py), scores every node and, with
+        ``checkpoint_dir``, checkpoints it; :meth:`collect_round` returns the result.
+        TrainingError (a diverged node) names the round too."""
+        started = time.perf_counter()
+        self.round_index = round_index
+        logits: dict[int, torch.Tensor] = {}
         try:
-            for child, parent in self.tree.pairs():
-                leaves = self.tree.leaves(child)
-                self.nodes[child].learn(leaves, self.nodes[parent].logits(leaves))
-                self.nodes[parent].learn(leaves, self.nodes[child].logits(leaves))
+            for index, step in enumerate(round_steps(self.tree, self.tree.leaves)):
+                node, leaves = self.nodes[step.node], list(step.leaves)
+                if step.call == LOGITS:
+                    logits[index] = node.logits(leaves)
+                else:
+                    node.learn(leaves, logits.pop(step.teacher))
         except TrainingError as exc:
-            raise TrainingError(f"round {self.round_index}: {exc}") from exc
+            raise TrainingError(f"round {round_index}: {exc}") from exc
+        scores = self.evaluate()
+        saved = self.save_checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        self._done.append(RoundResult(round_index, scores, saved, time.perf_counter() - started))
+
+    def collect_round(self) -> RoundResult:
+        return self._done.pop(0)
 
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
         """Returns node -> (accuracy, loss, seconds of training work this round)."""

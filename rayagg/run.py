@@ -1,8 +1,8 @@
 """The round loop shared by both runtimes: train, evaluate, record, checkpoint, stop.
 
 Stopping (SIGINT, SIGTERM, or :meth:`StopSignals.request` from code): the first
-request lets the round in flight finish — training, scoring, metrics — checkpoints
-it, and stops; a second request stops at once and keeps the last complete
+request lets the rounds in flight finish (one, or up to ``runtime.rounds_in_flight``
+on Ray) — training, scoring, metrics — checkpoints the last, and stops; a second request stops at once and keeps the last complete
 checkpoint. Either way a checkpoint never mixes rounds (see ``rayagg.rundir``).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import pathlib
 import signal
 import threading
-import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol
 
 from rayagg.events import Event, EventKind, write_events
@@ -19,6 +18,7 @@ from rayagg.files import file_sha256, write_atomic
 from rayagg.metrics import NodeMetrics, plot_accuracy, summary_line, write_metrics
 from rayagg.rundir import (RunState, check_new_run_dir, earlier_events, earlier_records,
                            manifest_key, prune_checkpoints, round_directory)
+from rayagg.schedule import RoundResult
 from rayagg.tree import Tree, training_leaves
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
@@ -33,6 +33,11 @@ class Runner(Protocol):
     resuming and by the loop after each cut): restarted nodes are restored from it.
     ``bridge_stores`` are the durable bridge-sample files written so far (at start, and
     when elastic devices joined); ``left`` the elastic devices that left.
+    ``round_index`` is the last round submitted (or, before any, the one resumed after);
+    ``rounds_pending`` the rounds submitted and not collected, oldest first (a failure's
+    retry may drop later ones: they are submitted again); ``max_rounds_in_flight`` how
+    many may be pending; ``tree_changing``: the tree may change before the next round,
+    so the pending rounds must be collected first.
     """
 
     plan: Plan
@@ -43,14 +48,17 @@ class Runner(Protocol):
     round_index: int
     checkpoint: Optional[RunState]
     bridge_stores: list[pathlib.Path]
+    rounds_pending: list[int]
+    max_rounds_in_flight: int
+    tree_changing: bool
 
     def connect(self) -> None: ...
     def start(self, run_dir: pathlib.Path, resume: Optional[RunState] = None) -> None: ...
     def plan_membership(self, round_index: int) -> Change: ...
     def change_membership(self, change: Change) -> None: ...
     def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None: ...
-    def train_round(self) -> None: ...
-    def evaluate(self) -> dict[str, tuple[float, float, float]]: ...
+    def submit_round(self, round_index: int, checkpoint_dir: Optional[pathlib.Path] = None) -> None: ...
+    def collect_round(self) -> RoundResult: ...
     def bridge_sample_counts(self) -> dict[str, int]: ...
     def save_checkpoints(self, directory: pathlib.Path) -> dict[str, str]: ...
     def close(self) -> None: ...
@@ -62,7 +70,7 @@ class Stopped(BaseException):
     """The run stopped on request. A BaseException, like KeyboardInterrupt, so that no
     ``except Exception`` on the way swallows a stop raised by a signal handler.
 
-    ``abandoned``: the round in flight was dropped (second request) rather than finished
+    ``abandoned``: the rounds in flight were dropped (second request) rather than finished
     and checkpointed; ``checkpoint_round``: the round a resume continues after (None:
     there is no checkpoint). The exit code is 128 + the signal number, as shells report
     a process ended by that signal (130 for SIGINT, 143 for SIGTERM).
@@ -90,11 +98,11 @@ class StopSignals:
         return self.signum is not None
 
     def request(self, signum: int = signal.SIGINT) -> None:
-        """First request: stop after the round in flight. Second: raise :class:`Stopped` now."""
+        """First request: stop after the rounds in flight. Second: raise :class:`Stopped` now."""
         if self.signum is not None:
             raise Stopped(signum, abandoned=True)
         self.signum = signum
-        self._echo(f"rayagg: {signal.Signals(signum).name}: stopping after the round in flight "
+        self._echo(f"rayagg: {signal.Signals(signum).name}: stopping after the rounds in flight "
                    "is trained, scored and checkpointed; signal again to stop at once "
                    "(the last complete checkpoint is kept)")
 
@@ -138,11 +146,9 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
     else:
         records = earlier_records(out_dir, resume.round)
         runner.events[:0] = earlier_events(out_dir)  # the run's history is kept, not replaced
-    shown = len(runner.events)
+    report = _EventReport(runner, out_dir, echo)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "config.yaml", config.to_yaml().encode())
-    tier_names, rounds = list(runner.tree.tier_names), config.training.rounds
-    counted = tier_names[-1] if config.tree.elastic is not None else ""
     try:
         runner.connect()
         with stop.handling_signals():
@@ -152,58 +158,87 @@ def execute(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None] =
             else:
                 runner.events.append(Event.now(resume.round, EventKind.RESUME, "",
                                                f"resumed after round {resume.round}"))
-            for round_index in range(runner.round_index + 1, rounds + 1):
-                if stop.requested:
-                    break
-                _rebalance(runner, records, round_index)
-                _change_membership(runner, out_dir, round_index)
-                started = time.perf_counter()
-                runner.train_round()
-                round_s = time.perf_counter() - started
-                this_round = _round_metrics(runner, round_index, round_s, runner.evaluate())
-                records += this_round
-                write_metrics(records, out_dir / "metrics.parquet")
-                shown = _report_events(runner, out_dir, echo, shown)
-                echo(summary_line(round_index, rounds, this_round, tier_names, counted))
-                due = round_index % config.supervision.checkpoint_every == 0 or round_index == rounds
-                if due or stop.requested:
-                    _checkpoint(runner, out_dir, round_index)
+            _train(runner, out_dir, echo, stop, records, report)
             if records:
-                plot_accuracy(records, tier_names, out_dir / "accuracy.png", runner.events)
+                plot_accuracy(records, list(runner.tree.tier_names), out_dir / "accuracy.png", runner.events)
             if stop.requested:
                 raise Stopped(stop.signum, abandoned=False)
     except Stopped as stopped:
         stopped.checkpoint_round = runner.checkpoint.round if runner.checkpoint else None
         raise
     finally:
-        _report_events(runner, out_dir, echo, shown)
+        report()
         runner.close()
     return records
 
 
-def _round_metrics(runner: Runner, round_index: int, round_s: float,
-                   scores: dict[str, tuple[float, float, float]]) -> list[NodeMetrics]:
+def _train(runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None], stop: StopSignals,
+           records: list[NodeMetrics], report: "_EventReport") -> None:
+    """Submits rounds up to ``runner.max_rounds_in_flight`` ahead of the oldest uncollected
+    one and collects them in order: metrics, the round's line, its checkpoint when one
+    was due. Before a round that may change the tree (rebalancing, elastic devices, a
+    pending repair) every round in flight is collected first. A stop request ends the
+    submitting; the rounds in flight finish and the last one is checkpointed."""
+    config = runner.plan.config
+    tier_names, rounds = list(runner.tree.tier_names), config.training.rounds
+    counted = tier_names[-1] if config.tree.elastic is not None else ""
+    while True:
+        while (runner.round_index < rounds and len(runner.rounds_pending) < runner.max_rounds_in_flight
+               and not stop.requested
+               and not (runner.rounds_pending and _changes_tree(runner, runner.round_index + 1))):
+            next_round = runner.round_index + 1
+            if not runner.rounds_pending:
+                _rebalance(runner, records, next_round)
+                _change_membership(runner, out_dir, next_round)
+            due = next_round % config.supervision.checkpoint_every == 0 or next_round == rounds
+            runner.submit_round(next_round, round_directory(out_dir, next_round) if due else None)
+        if not runner.rounds_pending:
+            break
+        result = runner.collect_round()
+        this_round = _round_metrics(runner, result)
+        records += this_round
+        write_metrics(records, out_dir / "metrics.parquet")
+        report()
+        echo(summary_line(result.round, rounds, this_round, tier_names, counted))
+        if result.checkpoints is not None:
+            _checkpoint(runner, out_dir, result.round, result.checkpoints)
+    last = records[-1].round if records else 0
+    if stop.requested and runner.checkpoint is not None and runner.checkpoint.round < last:
+        _checkpoint(runner, out_dir, last)
+
+
+def _changes_tree(runner: Runner, round_index: int) -> bool:
+    """Whether the tree may change before ``round_index``, so it must see settled rounds."""
+    config = runner.plan.config
+    return config.tree.elastic is not None or _rebalance_due(config, round_index) or runner.tree_changing
+
+
+def _round_metrics(runner: Runner, result: RoundResult) -> list[NodeMetrics]:
     """One row per node evaluated, so the rows of a round are the nodes that were live in
     it (which elastic devices were active is read from them), with each node's load."""
     tree, dead, left = runner.tree, runner.dead, runner.left
     keep = runner.plan.config.supervision.keep_dead_leaf_samples
     shard_size = {leaf: len(shard) for leaf, shard in runner.plan.shards.items()}
     rows = []
-    for node, (accuracy, loss, busy_s) in scores.items():
+    for node, (accuracy, loss, busy_s) in result.scores.items():
         samples = sum(shard_size[leaf] for leaf in training_leaves(tree, dead, node, keep, left))
         children = sum(1 for child in tree.children(node) if child not in dead)
-        rows.append(NodeMetrics(round_index, node, tree.tier_name(node), accuracy, loss, busy_s, round_s,
-                                tree.parent_of[node] or "", children, samples, max(0.0, round_s - busy_s)))
+        rows.append(NodeMetrics(result.round, node, tree.tier_name(node), accuracy, loss, busy_s,
+                                result.seconds, tree.parent_of[node] or "", children, samples,
+                                max(0.0, result.seconds - busy_s)))
     return rows
 
 
 def _rebalance(runner: Runner, records: list[NodeMetrics], round_index: int) -> None:
     """Every ``balance.every`` rounds, from round 2 on, the balancing policy may move
     devices between edges, judging by the busy seconds of the round just measured."""
-    config = runner.plan.config.balance
-    if not config.rebalances or round_index == 1 or (round_index - 1) % config.every:
-        return
-    runner.rebalance(round_index, {r.node: r.seconds for r in records if r.round == round_index - 1})
+    if _rebalance_due(runner.plan.config, round_index):
+        runner.rebalance(round_index, {r.node: r.seconds for r in records if r.round == round_index - 1})
+
+
+def _rebalance_due(config, round_index: int) -> bool:
+    balance = config.balance
+    return balance.rebalances and round_index > 1 and (round_index - 1) % balance.every == 0
 
 
 def _change_membership(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None:
@@ -217,11 +252,14 @@ def _change_membership(runner: Runner, out_dir: pathlib.Path, round_index: int) 
         runner.change_membership(change)
 
 
-def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None:
-    """Writes a consistent cut of ``round_index`` and commits it by replacing state.json.
+def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int,
+                saved: Optional[dict[str, str]] = None) -> None:
+    """Commits a consistent cut of ``round_index`` by replacing state.json.
 
-    The loop calls this only between rounds, when no node has work queued, so every file
-    holds that round's state. Dead nodes keep the checkpoint from before they died.
+    ``saved`` (node -> SHA-256) are the checkpoints the round's own steps wrote, each
+    right after that node's work in the round; without it the nodes write them now,
+    which the loop asks only when no round is in flight. Either way every file holds
+    that round's state. Dead nodes keep the checkpoint from before they died.
     """
     previous = runner.checkpoint
     checkpoints: dict[str, str] = {}
@@ -233,7 +271,7 @@ def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None
                 checkpoints[node], digests[relative] = relative, previous.digests[relative]
     if round_index > 0:
         directory = round_directory(out_dir, round_index)
-        for node, digest in runner.save_checkpoints(directory).items():
+        for node, digest in (saved if saved is not None else runner.save_checkpoints(directory)).items():
             relative = manifest_key(directory / f"{node}.pt", out_dir)
             checkpoints[node], digests[relative] = relative, digest
     for path in runner.bridge_stores:
@@ -247,9 +285,18 @@ def _checkpoint(runner: Runner, out_dir: pathlib.Path, round_index: int) -> None
     prune_checkpoints(out_dir, state)
 
 
-def _report_events(runner: Runner, out_dir: pathlib.Path, echo, shown: int) -> int:
-    for event in runner.events[shown:]:
-        echo(f"rayagg: [{event.kind}] {event.detail}")
-    if runner.events:
-        write_events(runner.events, out_dir / "events.parquet")
-    return len(runner.events)
+class _EventReport:
+    """Echoes the runner's events not shown yet and rewrites events.parquet; the events
+    from before a resume were shown by the run that had them."""
+
+    def __init__(self, runner: Runner, out_dir: pathlib.Path, echo: Callable[[str], None]):
+        self._runner, self._out_dir, self._echo = runner, out_dir, echo
+        self._shown = len(runner.events)
+
+    def __call__(self) -> None:
+        events = self._runner.events
+        for event in events[self._shown:]:
+            self._echo(f"rayagg: [{event.kind}] {event.detail}")
+        if events:
+            write_events(events, self._out_dir / "events.parquet")
+        self._shown = len(events)

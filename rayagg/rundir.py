@@ -243,12 +243,16 @@ def describe_progress(path: pathlib.Path) -> str:
 
 
 def prune_checkpoints(run_dir: pathlib.Path, state: RunState) -> None:
-    """Deletes round directories that ``state`` does not reference (older cuts, and cuts
-    abandoned half-written); a dead node's last checkpoint stays while it is listed."""
+    """Deletes round directories older than ``state``'s round that it does not reference
+    (older cuts, and cuts abandoned half-written); a dead node's last checkpoint stays
+    while it is listed. Newer directories stay: a later round in flight may be writing
+    there (``runtime.rounds_in_flight``); the next committed cut past them prunes them."""
     kept = {pathlib.PurePath(p).parent.name for p in state.checkpoints.values()}
     root = pathlib.Path(run_dir) / "checkpoints"
     for directory in root.glob("round-*") if root.is_dir() else []:
-        if directory.is_dir() and directory.name not in kept:
+        number = directory.name.removeprefix("round-")
+        newer = number.isdigit() and int(number) > state.round
+        if directory.is_dir() and directory.name not in kept and not newer:
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -93,8 +93,9 @@ def scenario(out: pathlib.Path, cache_dir: str) -> dict:
 def train(runner, round_index: int, seen: dict) -> None:
     """One round with its membership change; records how many devices trained in it."""
     runner.change_membership(runner.plan_membership(round_index))
-    runner.train_round()
-    seen["devices by round"].append(sum(n.startswith("device-") for n in runner.evaluate()))
+    runner.submit_round(round_index)
+    scores = runner.collect_round().scores
+    seen["devices by round"].append(sum(n.startswith("device-") for n in scores))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def test_a_second_sigint_stops_at_once(quick_config, tmp_path):
     code, output = signal_a_run(["run", config, "--local", "--out", out], out,
                                 [signal.SIGINT, signal.SIGINT])
     assert code == 130, output
-    assert "the round in flight was abandoned" in output and "Traceback" not in output
+    assert "the rounds in flight were abandoned" in output and "Traceback" not in output
     assert RunState.load(out).round < 50
 
 

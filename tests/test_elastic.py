@@ -67,12 +67,12 @@ class ChurningRunner(InspectingRunner):
                 ray.kill(self.hosts.handles["device-host-1"], no_restart=True)  # mid-join
         self.hosts.revive = revive_then_kill_the_new_host
 
-    def train_round(self):
-        if self.round_index == 2:  # round 3 is next: kill device-4's new parent in it
+    def submit_round(self, round_index, checkpoint_dir=None, attempt=1):
+        if round_index == 3 and attempt == 1:  # kill device-4's new parent in round 3
             edge = self.tree.parent_of["device-4"]
             self.killed_edge = edge
             threading.Timer(0.5, lambda: ray.kill(self.actors[edge], no_restart=True)).start()
-        super().train_round()
+        super().submit_round(round_index, checkpoint_dir, attempt)
 
     def _died(self, death):
         nodes = super()._died(death)

@@ -21,11 +21,17 @@ def kill_during_round(runner, node, round_index, delay_s=0.5, stop=False):
     """Kills the host actor running ``node`` (with every node on it) ``delay_s`` into
     ``round_index``, or with ``stop`` stops ``node`` alone; returns the kill time holder.
     The kill must find the node's calls of the round still in flight: an edge's part of a
-    round here ends 2-3 s in (on 2 cores), the root's with the round (about 7 s)."""
+    round here ends 2-3 s in (on 2 cores), the root's with the round (about 7 s). "Into a
+    round": once it is the oldest round in flight, the one the run waits for
+    (runtime.rounds_in_flight lets the next round start earlier)."""
     killed = {}
 
+    def waited_for():
+        pending = list(runner.rounds_pending)
+        return pending[0] if pending else 0
+
     def killer():
-        while runner.round_index < round_index:
+        while waited_for() < round_index:
             time.sleep(0.05)
         time.sleep(delay_s)
         killed["at"] = time.monotonic()
@@ -84,12 +90,16 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
     """Devices two to a host (device-host-0: device-0, 1; device-host-1: device-2, 3),
     edges one to a host, dead devices re-join. Round 1: edge-0 dies; its devices, on a
     shared host, move to edge-1. Round 2: device-1 leaves its host alone; device-0 on the
-    same host carries on. Round 3: device-host-1 dies with both its devices. Each dead
-    device drops out (its samples stay with its ancestors) and re-joins at the start of
-    the next round, restored from its last checkpoint: device-1 on its own host,
-    device-2 and device-3 on a new device-host-1. The root keeps every bridge sample."""
+    same host carries on. The request to leave queues behind the host's calls of round 2
+    (one caller's calls run in order), so device-1 finishes round 2, scored, then falls
+    silent. Round 3: device-host-1 dies with both its devices. Each dead device drops out
+    (its samples stay with its ancestors) and re-joins at the start of the next round,
+    restored from its last checkpoint: device-1 on its own host, device-2 and device-3 on
+    a new device-host-1. The root keeps every bridge sample.
+    One round in flight: with two, a device's part of round N runs during round N-1 and
+    a kill "in round N" no longer finds it (the test above kills with two in flight)."""
     config = packed(config, device=2).with_changes(
-        training={"rounds": 4}, supervision={"rejoin_dead_leaves": True})
+        training={"rounds": 4}, supervision={"rejoin_dead_leaves": True}, runtime={"rounds_in_flight": 1})
     runner = InspectingRunner(replace(plan, config=config))
     killed = kill_during_round(runner, "edge-0", 1)  # before any checkpoint: moves need none
     kill_during_round(runner, "device-1", 2, stop=True)
@@ -101,7 +111,7 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
     assert inspected["counts"]["cloud-0"] == inspected["counts"]["edge-1"] == total_samples(plan)
     rounds = lambda node: sorted({r.round for r in records if r.node == node})
     assert rounds("device-0") == [1, 2, 3, 4]  # its sibling's departure did not touch it
-    assert rounds("device-1") == [1, 3, 4]
+    assert rounds("device-1") == [1, 2, 3, 4]  # left after round 2, back for round 3
     assert rounds("device-2") == rounds("device-3") == [1, 2, 4]
     assert rounds("cloud-0") == [1, 2, 3, 4]
     hosts = [(a.name, a.state) for a in inspected["actors"] if a.class_name == "NodeHost"]
@@ -116,3 +126,4 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
     moved = {"device-1", "device-2", "device-3"}
     assert {e.node for e in events if e.kind == "drop_leaf"} == moved
     assert sorted(e.node for e in events if e.kind == "rejoin") == sorted(moved)
+    assert [e.round for e in events if e.node == "device-1" and e.kind in ("declare_dead", "rejoin")] == [2, 3]

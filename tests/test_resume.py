@@ -146,7 +146,7 @@ def test_stop_signals_route_real_signals_to_requests():
     previous = signal.getsignal(signal.SIGTERM)
     with stop.handling_signals():
         signal.raise_signal(signal.SIGTERM)
-        assert stop.signum == signal.SIGTERM and "stopping after the round in flight" in lines[0]
+        assert stop.signum == signal.SIGTERM and "stopping after the rounds in flight" in lines[0]
         with pytest.raises(Stopped) as info:
             signal.raise_signal(signal.SIGINT)
         assert info.value.abandoned and info.value.exit_code == 130

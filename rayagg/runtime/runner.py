@@ -9,14 +9,18 @@ Design, from RAY_NOTES.md:
   ref; parents receive the refs of their subtree as arguments. When an edge dies, its
   orphans' samples are re-sent to their new parent from those refs
   (rayagg/runtime/bridge.py): nothing is asked of the dead node, no sample is lost.
-* A round is submitted as one graph of calls: logits refs feed ``learn`` calls
-  directly. Ray runs one host's calls in submission order, so every node does the
-  same work in the same order as the sequential driver, while independent hosts run
-  at the same time.
+* A round is submitted as one graph of calls (rayagg/schedule.py): logits refs feed
+  ``learn`` calls directly, and every node's evaluation (and checkpoint, when due)
+  follows its round's work. Ray runs one caller's calls to a host in submission order,
+  so every node does the same work in the same order as the sequential driver, while
+  independent hosts run at the same time. No barrier between rounds: up to
+  ``runtime.rounds_in_flight`` rounds are submitted before the oldest is collected, so
+  an edge trains its next round with its devices while the cloud still works with
+  other edges; the loop drains them before anything changes the tree.
 * Waits poll the supervisor every heartbeat interval; its decisions are applied by
   rayagg/runtime/recovery.py (deaths at once, restarts and sample moves after the
-  wait). A round that loses a node is retried once on the repaired tree; pairs that
-  had finished before the failure train again in the retry.
+  wait). A round that loses a node is retried once on the repaired tree, with the
+  rounds in flight after it; pairs that had finished before the failure train again.
 * Every wait has a deadline; Ray's exceptions become the project's errors naming the
   node and the call (rayagg/runtime/waiting.py).
 * Elastic devices join and leave between rounds (:meth:`RayRunner.change_membership`):
@@ -31,6 +35,8 @@ import os
 import pathlib
 import socket
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
@@ -41,6 +47,7 @@ from rayagg.events import Event, EventKind
 from rayagg.membership import Change, Members
 from rayagg.plan import Plan, balancing_policy
 from rayagg.rundir import RunState, expected_bridge_counts
+from rayagg.schedule import EVALUATE, LEARN, LOGITS, SAVE, RoundResult, Step, round_steps
 from rayagg.runtime.bridge import BridgeRoutes, training_leaves
 from rayagg.runtime.cluster import cluster_nodes, connect, on_driver_node
 from rayagg.runtime.hosts import HostPool
@@ -75,6 +82,8 @@ class RayRunner:
         self._run_dir: Optional[pathlib.Path] = None
         self._started_ray = False
         self._connected = False
+        self._in_flight: deque[_InFlight] = deque()  # submitted, not yet collected, oldest first
+        self._last_done: Optional[float] = None  # when the last collected round ended
 
     # The tree and dead set are the supervisor's, as last applied (before start: the plan's).
     @property
@@ -186,36 +195,75 @@ class RayRunner:
 
     # ---------------------------------------------------------------- rounds
 
-    def train_round(self) -> None:
-        """Runs every live pair once; a round that loses a node is retried once."""
-        self.round_index += 1
-        if self._supervision.rejoin_dead_leaves:
+    @property
+    def max_rounds_in_flight(self) -> int:
+        """How many rounds the loop may submit before collecting the oldest."""
+        return self._runtime.rounds_in_flight
+
+    @property
+    def rounds_pending(self) -> list[int]:
+        """The rounds submitted and not collected yet, oldest first."""
+        return [pending.round for pending in self._in_flight]
+
+    @property
+    def tree_changing(self) -> bool:
+        """The tree may change before the next round (a pending repair, a dead leaf about to
+        re-join): the loop drains the rounds in flight before submitting it."""
+        rejoining = self._supervision.rejoin_dead_leaves and any(
+            self.tree.is_leaf(n) for n in self.dead - self.left)
+        return self.recovery.needs_repair or rejoining
+
+    def submit_round(self, round_index: int, checkpoint_dir: Optional[pathlib.Path] = None,
+                     attempt: int = 1) -> None:
+        """Submits the round's steps (rayagg/schedule.py) and returns at once: every live
+        pair, then every live node's evaluation and, with ``checkpoint_dir``, its checkpoint
+        written there (RUN_DIR must be shared storage on a cluster). Logits refs feed the
+        ``learn`` calls directly. :meth:`collect_round` waits for rounds in order. Dead
+        leaves re-join (``rejoin_dead_leaves``) before a round's first attempt."""
+        self.round_index = round_index
+        if self._supervision.rejoin_dead_leaves and attempt == 1:
             for leaf in sorted(n for n in self.dead - self.left if self.tree.is_leaf(n)):
                 self.recovery.rejoin(leaf)
-        for attempt in (1, 2):
-            self._repair()  # every node the tree counts as live runs before calls go out
-            settled = self._wait(self._submit_pairs(), context=f"round {self.round_index}")
-            if not settled.failed:
-                return
-            lost = ", ".join(sorted(settled.died)) or "a node"
-            if attempt == 2:
-                raise RecoveryError(f"round {self.round_index} lost {lost} again in its retry")
-            self._event(EventKind.RETRY, "", f"round {self.round_index} retried after losing {lost}")
+        self._repair()  # every node the tree counts as live runs before calls go out
+        live = [node for node in self.tree.nodes if node not in self.dead]
+        steps = round_steps(self.tree, self._leaves, self.dead, scored=live, save=checkpoint_dir is not None)
+        calls: list[Call] = []
+        for step in steps:
+            calls.append(self.hosts.call(step.node, step.call, *_arguments(step, calls, checkpoint_dir)))
+        self._in_flight.append(_InFlight(round_index, steps, calls, checkpoint_dir, time.perf_counter(), attempt))
 
-    def _submit_pairs(self) -> list[Call]:
-        """The round's graph: for each pair (children before parents), the parent's logits
-        teach the child, then the child's logits teach the parent."""
-        pending = []
-        for child, parent in self.tree.pairs():
-            leaves = self._leaves(child)
-            if child in self.dead or parent in self.dead or not leaves:
-                continue
-            parent_logits = self.hosts.call(parent, "logits", leaves)
-            child_done = self.hosts.call(child, "learn", leaves, parent_logits[2])
-            child_logits = self.hosts.call(child, "logits", leaves)
-            parent_done = self.hosts.call(parent, "learn", leaves, child_logits[2])
-            pending += [parent_logits, child_done, child_logits, parent_done]
-        return pending
+    def collect_round(self) -> RoundResult:
+        """Waits for the oldest round in flight; returns its scores, checkpoint digests and
+        seconds (from the later of its submission and the previous round's end, to its
+        end). A round that loses a node is retried once on the repaired tree; pairs that
+        had finished train again in the retry. The rounds in flight after it are dropped
+        (they were submitted to the tree before the loss; what of them had run on live
+        nodes stays done) and the loop submits them again after the retry."""
+        oldest = self._in_flight[0]
+        settled = self._settle(oldest.calls, context=f"round {oldest.round}")
+        done = time.perf_counter()
+        if settled.failed:
+            self._retry_in_flight(settled)
+            return self.collect_round()
+        self._in_flight.popleft()
+        seconds = done - max(self._last_done or oldest.submitted, oldest.submitted)
+        self._last_done = done
+        self._repair()
+        values = lambda call: {node: v for (node, name), v in settled.by_call.items() if name == call}
+        return RoundResult(oldest.round, values(EVALUATE),
+                           values(SAVE) if oldest.checkpoint_dir is not None else None, seconds)
+
+    def _retry_in_flight(self, settled: Settled) -> None:
+        first, *later = self._in_flight
+        for dropped in later:  # let them finish or fail before the tree changes
+            self._settle(dropped.calls, context=f"round {dropped.round}")
+        self._repair()
+        lost = ", ".join(sorted(settled.died)) or "a node"
+        if first.attempt > 1:
+            raise RecoveryError(f"round {first.round} lost {lost} again in its retry")
+        self._event(EventKind.RETRY, "", f"round {first.round} retried after losing {lost}")
+        self._in_flight.clear()
+        self.submit_round(first.round, first.checkpoint_dir, attempt=2)
 
     def _leaves(self, node: str) -> list[str]:
         return training_leaves(self.tree, self.dead, node, self._supervision.keep_dead_leaf_samples, self.left)
@@ -287,7 +335,8 @@ class RayRunner:
                                               f"{waited}")
 
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
-        """Scores every live node; a node that dies meanwhile is left out."""
+        """Scores every live node now, outside any round (tests, tools); a node that dies
+        meanwhile is left out."""
         return self._call_live("evaluate")
 
     def bridge_sample_counts(self) -> dict[str, int]:
@@ -359,7 +408,33 @@ class RayRunner:
         return self.hosts.call(node, "load_checkpoint", str(path), digest)
 
     def _event(self, kind: EventKind, node: str, detail: str) -> None:
-        self.events.append(Event.now(self.round_index, kind, node, detail))
+        """Records an event of the round being waited for (the oldest in flight)."""
+        round_index = self._in_flight[0].round if self._in_flight else self.round_index
+        self.events.append(Event.now(round_index, kind, node, detail))
+
+
+@dataclass
+class _InFlight:
+    """A submitted round: its steps and their calls (same order), where it saves, when
+    it was submitted and which attempt it is."""
+
+    round: int
+    steps: list[Step]
+    calls: list[Call]
+    checkpoint_dir: Optional[pathlib.Path]
+    submitted: float
+    attempt: int
+
+
+def _arguments(step: Step, calls: list[Call], checkpoint_dir: Optional[pathlib.Path]) -> tuple:
+    """A step's arguments after its node: a learn gets its teacher's logits ref."""
+    if step.call == LOGITS:
+        return (list(step.leaves),)
+    if step.call == LEARN:
+        return list(step.leaves), calls[step.teacher][2]
+    if step.call == SAVE:
+        return (str(checkpoint_dir.resolve() / f"{step.node}.pt"),)
+    return ()
 
 
 def _policy(config) -> Policy:

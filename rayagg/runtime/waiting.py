@@ -31,10 +31,12 @@ class Death:
 
 @dataclass
 class Settled:
-    """What a batch of calls came to: values by node, the calls that failed because a
-    node died, and the nodes known to have died."""
+    """What a batch of calls came to: values by node (a node's last call), values by
+    (node, call name), the calls that failed because a node died, and the nodes known to
+    have died."""
 
     values: dict[str, Any] = field(default_factory=dict)
+    by_call: dict[tuple[str, str], Any] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
     died: set[str] = field(default_factory=set)
 
@@ -68,7 +70,7 @@ def settle(pending: list[Call], timeout_s: float, *, poll_s: float, on_poll: Cal
 
 def _value_or_death(ref: Any, node: str, call: str, settled: Settled, context: str) -> Optional[Death]:
     try:
-        settled.values[node] = ray.get(ref, timeout=0)
+        settled.values[node] = settled.by_call[node, call] = ray.get(ref, timeout=0)
         return None
     except ray_errors.RayActorError as exc:
         return Death(node, exc.actor_id)

@@ -52,6 +52,7 @@ class NodeHost:
         self._nodes: dict[str, NodeState] = {}
         self._stopped: set[str] = set()
         self._wire: dict[str, Counter[tuple]] = {}
+        self._trace: Optional[dict[str, list[tuple[str, float, float, float]]]] = None  # see start_trace
         # A constructor that raises leaves the driver only "ActorDiedError", the cause
         # buried in the actor's log; kept here, ``ready`` raises it where the driver sees it.
         self._start_error: Optional[BaseException] = None
@@ -62,12 +63,13 @@ class NodeHost:
 
     def _build(self, plan: Plan, nodes: list[str]) -> None:
         layout = next(h for h in packing.pack(plan.config) if h.name == self._name)
-        resources = plan.tier(layout.nodes[0]).resources
+        tier = plan.tier(layout.nodes[0])
+        resources = tier.resources
         if resources.num_gpus == 0:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
             # them see every GPU of the machine; hide them before CUDA initialises.
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        torch.set_num_threads(torch_threads(resources.num_cpus * len(layout.nodes)))
+        torch.set_num_threads(tier.threads or torch_threads(resources.num_cpus * len(layout.nodes)))
         use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
         self._device = torch.device("cuda" if use_cuda else "cpu")
         dataset = load_data(plan.config)
@@ -167,19 +169,27 @@ class NodeHost:
         return state.bridge_sample_count
 
     def logits(self, node: str, leaves: list[str]) -> np.ndarray:
-        out = self._state(node).logits(leaves).numpy()
+        started, state = _clocks(), self._state(node)
+        work = state.work_s
+        out = state.logits(leaves).numpy()
         self._record(node, "sent", "logits", out.shape)
+        self._traced(node, "logits", started, state.work_s - work)
         return out
 
     def learn(self, node: str, leaves: list[str], teacher: np.ndarray) -> float:
-        state = self._state(node)
+        started, state = _clocks(), self._state(node)
+        work = state.work_s
         self._record(node, "received", "logits", teacher.shape)
-        return state.learn(leaves, torch.from_numpy(np.array(teacher)))
+        loss = state.learn(leaves, torch.from_numpy(np.array(teacher)))
+        self._traced(node, "learn", started, state.work_s - work)
+        return loss
 
     def evaluate(self, node: str) -> tuple[float, float, float]:
         """(test accuracy, test loss, seconds of training work since the last call)."""
-        state = self._state(node)
-        return (*state.evaluate(*self._test), state.take_work_s())
+        started, state = _clocks(), self._state(node)
+        scores = state.evaluate(*self._test)
+        self._traced(node, "evaluate", started, time.perf_counter() - started[0])
+        return (*scores, state.take_work_s())
 
     def bridge_sample_count(self, node: str) -> int:
         return self._state(node).bridge_sample_count
@@ -187,7 +197,10 @@ class NodeHost:
     def save_checkpoint(self, node: str, path: str) -> str:
         """Writes ``node``'s model, optimizer and shuffling state to ``path`` on this host's
         machine; returns the file's SHA-256 (for the run's manifest)."""
-        return checkpoint.save(self._state(node).state_dict(), pathlib.Path(path))
+        started = _clocks()
+        digest = checkpoint.save(self._state(node).state_dict(), pathlib.Path(path))
+        self._traced(node, "save_checkpoint", started, 0.0)
+        return digest
 
     def load_checkpoint(self, node: str, path: str, sha256: Optional[str] = None) -> str:
         """Restores ``node``'s model, optimizer and shuffling state from ``path``
@@ -200,7 +213,25 @@ class NodeHost:
         return [{"direction": direction, "kind": kind, "sample_shapes": shapes, "count": count}
                 for (direction, kind, shapes), count in self._wire.get(node, Counter()).items()]
 
+    def start_trace(self) -> None:
+        """From now on, records each logits, learn, evaluate and save_checkpoint call per
+        node, in the order they run: (call, seconds in this actor, of which torch work, CPU
+        seconds it used).
+        For `rayagg bench`, which finds the critical path from them; off by default."""
+        self._trace = {}
+
+    def take_trace(self) -> dict[str, list[tuple[str, float, float, float]]]:
+        """The calls recorded since the last take (tracing goes on)."""
+        trace, self._trace = self._trace or {}, {} if self._trace is not None else None
+        return trace
+
     # ------------------------------------------------------------ helpers
+
+    def _traced(self, node: str, call: str, started: tuple[float, float], torch_s: float) -> None:
+        """``started``: :func:`_clocks` when the call began."""
+        if self._trace is not None:
+            wall, cpu = _clocks()
+            self._trace.setdefault(node, []).append((call, wall - started[0], torch_s, cpu - started[1]))
 
     def _state(self, node: str) -> NodeState:
         if node in self._stopped:
@@ -214,6 +245,12 @@ class NodeHost:
     def _record(self, node: str, direction: str, kind: str, *shapes: tuple[int, ...]) -> None:
         # Per-sample shapes (batch dimension dropped) keep the log bounded over many rounds.
         self._wire[node][(direction, kind, tuple(tuple(shape[1:]) for shape in shapes))] += 1
+
+
+def _clocks() -> tuple[float, float]:
+    """(wall clock, this process's CPU time), for tracing a call: a host runs one call at
+    a time, so the process's CPU time in a call is the call's (all its torch threads)."""
+    return time.perf_counter(), time.process_time()
 
 
 def _rss_mb() -> float:

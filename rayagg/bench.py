@@ -179,7 +179,8 @@ def _figures(config: RunConfig, out: pathlib.Path, runner, machine: float, local
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return BenchResult(
         config.name, rounds, seconds, local_seconds, seconds / local_seconds, path.seconds / rounds,
-        wall / path.seconds, cpu_s / runner.cpus / rounds, 1 - path.torch_s / wall, runner.hosts_peak_rss + driver_peak, local_peak,
+        wall / path.seconds, cpu_s / runner.cpus / rounds, 1 - path.torch_s / wall,
+        runner.hosts_peak_rss + driver_peak, local_peak,
         samples / wall, flops / wall / 1e9, machine, runner.cpus,
         max(abs(ray_acc[key] - local_acc.get(key, 0.0)) for key in ray_acc),
         _by_node(path, runner.steps, timings), str(out))

@@ -2,8 +2,9 @@
 
 Stopping (SIGINT, SIGTERM, or :meth:`StopSignals.request` from code): the first
 request lets the rounds in flight finish (one, or up to ``runtime.rounds_in_flight``
-on Ray) — training, scoring, metrics — checkpoints the last, and stops; a second request stops at once and keeps the last complete
-checkpoint. Either way a checkpoint never mixes rounds (see ``rayagg.rundir``).
+on Ray) — training, scoring, metrics — checkpoints the last, and stops; a second
+request stops at once and keeps the last complete checkpoint. Either way a checkpoint
+never mixes rounds (see ``rayagg.rundir``).
 """
 from __future__ import annotations
 

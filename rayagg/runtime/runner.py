@@ -230,7 +230,8 @@ class RayRunner:
         calls: list[Call] = []
         for step in steps:
             calls.append(self.hosts.call(step.node, step.call, *_arguments(step, calls, checkpoint_dir)))
-        self._in_flight.append(_InFlight(round_index, steps, calls, checkpoint_dir, time.perf_counter(), attempt))
+        submitted = time.perf_counter()
+        self._in_flight.append(_InFlight(round_index, steps, calls, checkpoint_dir, submitted, attempt))
 
     def collect_round(self) -> RoundResult:
         """Waits for the oldest round in flight; returns its scores, checkpoint digests and

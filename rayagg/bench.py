@@ -78,10 +78,10 @@ def bench(config: RunConfig, out: pathlib.Path, *, address: Optional[str] = None
     machine = machine_gflops()
     echo(f"rayagg: bench: this machine multiplies {MATMUL_SIZE}x{MATMUL_SIZE} matrices at "
          f"{machine:.1f} GFLOP/s ({os.cpu_count()} CPUs)")
+    echo(f"rayagg: bench: Ray -> {out / 'ray'}")  # first: a cluster too small fails at once
+    runner = _run_on_ray(config, out / "ray", address, echo)
     echo(f"rayagg: bench: in-process -> {out / 'local'}")
     local_peak = _run_in_process(config, out)
-    echo(f"rayagg: bench: Ray -> {out / 'ray'}")
-    runner = _run_on_ray(config, out / "ray", address, echo)
     return _figures(config, out, runner, machine, local_peak)
 
 
@@ -105,17 +105,31 @@ def machine_gflops(size: int = MATMUL_SIZE, repeats: int = 10) -> float:
 
 
 def _run_in_process(config: RunConfig, out: pathlib.Path) -> int:
-    """``rayagg run --local`` in a child process (so its peak memory is its own); returns
-    that peak in bytes. RayaggError with the run's last lines if it fails."""
+    """``rayagg run --local`` in a child process; returns the child's peak memory in bytes. RayaggError with the run's last lines if it fails."""
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.yaml"
     config_file.write_text(config.to_yaml())
-    done = subprocess.run([sys.executable, "-m", "rayagg", "run", str(config_file), "--local",
-                           "--out", str(out / "local")], capture_output=True, text=True)
+    peak_file = out / "local-peak-rss"
+    command = [sys.executable, "-c", _IN_PROCESS, str(peak_file),
+               "run", str(config_file), "--local", "--out", str(out / "local")]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
         raise RayaggError(f"bench: the in-process run failed (exit {done.returncode}):\n{tail}")
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return int(peak_file.read_text())
+
+
+# The CLI in a child that writes its own peak RSS (bytes) to argv[1] when it exits: the
+# bench's other children (Ray's processes) must not count.
+_IN_PROCESS = """
+import resource, sys
+from rayagg.cli import main
+path = sys.argv.pop(1)
+try:
+    main()
+finally:
+    open(path, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+"""
 
 
 def _run_on_ray(config: RunConfig, run_dir: pathlib.Path, address: Optional[str], echo) -> "TracingRunner":

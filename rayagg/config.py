@@ -127,12 +127,6 @@ class Tier(_Section):
     1, the default, gives every node a process of its own; 32 puts up to 32 nodes in one
     process, which shares one torch, one frozen autoencoder and one test split between
     them. Each node keeps its own model, optimizer, seed, data and checkpoint either way.
-
-    ``threads`` is each host's torch intra-op threads; by default its granted CPUs
-    (``num_cpus`` x nodes per host, at least 1), so actors sharing a machine do not
-    oversubscribe it. More threads than granted let a tier on the critical path (the
-    root: every round waits on its chain of calls) use cores the rest of the tree leaves
-    idle; Ray's CPU grants are logical, so nothing stops it, and nothing reserves them.
     """
 
     name: str
@@ -140,7 +134,6 @@ class Tier(_Section):
     count: Optional[int] = Field(None, ge=1)
     fanout: Optional[int] = Field(None, ge=1)
     nodes_per_actor: int = Field(1, ge=1)
-    threads: Optional[int] = Field(None, ge=1)
     resources: Resources = Field(default_factory=Resources)
     elastic: Optional[Elastic] = None  # the leaf tier only: devices join and leave
 

@@ -111,10 +111,7 @@ def test_impossible_resources_are_rejected_early():
     assert "tree.tiers.0.resources.num_cpus" in error_of(raw)
 
 
-def test_threads_and_rounds_in_flight_must_be_at_least_one():
-    raw = base()
-    raw["tree"]["tiers"][0]["threads"] = 0
-    assert "tree.tiers.0.threads" in error_of(raw)
+def test_rounds_in_flight_must_be_at_least_one():
     raw = {**base(), "runtime": {"rounds_in_flight": 0}}
     assert "runtime.rounds_in_flight" in error_of(raw)
     assert parse_config(base()).runtime.rounds_in_flight == 2  # no barrier by default

@@ -63,13 +63,12 @@ class NodeHost:
 
     def _build(self, plan: Plan, nodes: list[str]) -> None:
         layout = next(h for h in packing.pack(plan.config) if h.name == self._name)
-        tier = plan.tier(layout.nodes[0])
-        resources = tier.resources
+        resources = plan.tier(layout.nodes[0]).resources
         if resources.num_gpus == 0:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
             # them see every GPU of the machine; hide them before CUDA initialises.
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        torch.set_num_threads(tier.threads or torch_threads(resources.num_cpus * len(layout.nodes)))
+        torch.set_num_threads(torch_threads(resources.num_cpus * len(layout.nodes)))
         use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
         self._device = torch.device("cuda" if use_cuda else "cpu")
         dataset = load_data(plan.config)

@@ -244,7 +244,7 @@ class RayRunner:
         settled = self._settle(oldest.calls, context=f"round {oldest.round}")
         done = time.perf_counter()
         if settled.failed:
-            self._retry_in_flight(settled)
+            self._retry_oldest(settled)
             return self.collect_round()
         self._in_flight.popleft()
         seconds = done - max(self._last_done or oldest.submitted, oldest.submitted)
@@ -254,7 +254,7 @@ class RayRunner:
         return RoundResult(oldest.round, values(EVALUATE),
                            values(SAVE) if oldest.checkpoint_dir is not None else None, seconds)
 
-    def _retry_in_flight(self, settled: Settled) -> None:
+    def _retry_oldest(self, settled: Settled) -> None:
         first, *later = self._in_flight
         for dropped in later:  # let them finish or fail before the tree changes
             self._settle(dropped.calls, context=f"round {dropped.round}")

@@ -113,3 +113,19 @@ def test_every_flipped_byte_of_a_metrics_file_is_refused_or_harmless(tmp_path):
             assert str(path) in str(exc)
             refused += 1
     assert refused > len(original) // 2
+
+
+def test_pruning_keeps_the_cut_a_dead_nodes_last_file_and_rounds_still_in_flight(tmp_path):
+    """After the cut of round 3 is committed: round 1 (older, unreferenced) goes; round 2
+    stays while a dead node's last checkpoint is there; round 4, which a round in flight
+    may be writing (runtime.rounds_in_flight), stays too."""
+    from rayagg.rundir import RunState, prune_checkpoints, round_directory
+
+    for number in (1, 2, 3, 4):
+        write_atomic(round_directory(tmp_path, number) / "cloud-0.pt", b"x")
+    state = RunState(3, {"cloud-0": None, "edge-0": "cloud-0"}, ["edge-0"],
+                     {"cloud-0": "checkpoints/round-0003/cloud-0.pt",
+                      "edge-0": "checkpoints/round-0002/edge-0.pt"}, {}, [])
+    prune_checkpoints(tmp_path, state)
+    kept = sorted(d.name for d in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["round-0002", "round-0003", "round-0004"]

@@ -154,7 +154,7 @@ class NodeState:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        protocol.load_optimizer_state(self.optimizer, state["optimizer"])
         self._generator.set_state(state["generator"])
 
     def _bridge_batch(self, leaves: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

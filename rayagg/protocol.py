@@ -68,6 +68,16 @@ def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay
                            fused=True)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Loads a checkpoint's optimizer state, keeping the optimizer's own ``fused`` setting:
+    ``load_state_dict`` takes the saved one, and a checkpoint written before SGD was fused
+    would put the node back on the slower per-parameter path."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, fused):
+        group["fused"] = flag
+
+
 def batch_sizes(count: int, batch_size: int) -> list[int]:
     """Returns the sizes of the batches ``count`` samples are cut into, for ``Tensor.split``.
 

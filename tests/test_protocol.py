@@ -278,3 +278,16 @@ def test_evaluate_uses_eval_mode_and_restores_it():
     # eval mode: the result does not depend on how the test set is batched
     assert first[0] == second[0] and first[1] == pytest.approx(second[1], rel=1e-5)
     assert 0.0 <= first[0] <= 1.0
+
+
+def test_a_checkpoint_from_before_fused_sgd_keeps_the_optimizer_fused():
+    from rayagg.protocol import load_optimizer_state, make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    old = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # unfused, as saved before
+    model(torch.randn(4, 3)).sum().backward()
+    old.step()
+    fused = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0)
+    load_optimizer_state(fused, old.state_dict())
+    assert fused.param_groups[0]["fused"] is True
+    assert torch.equal(fused.state[model.weight]["momentum_buffer"], old.state[model.weight]["momentum_buffer"])

@@ -1,5 +1,5 @@
-"""``python -m rayagg``: the same command line as ``rayagg`` (for Ray Jobs entrypoints and
-benchmarks that need the running interpreter, not whatever ``rayagg`` is on the PATH)."""
+"""``python -m rayagg``: the same command line as ``rayagg``, with the running interpreter
+rather than whatever ``rayagg`` is on the PATH (e.g. a Ray Jobs entrypoint)."""
 from rayagg.cli import main
 
 main()

@@ -1,8 +1,8 @@
 """``rayagg bench CONFIG``: where a round's time goes, on Ray and in one process.
 
-One invocation runs CONFIG twice from the same seed: with the in-process driver (a
-child process, ``rayagg run --local``, with torch's default threads) and on Ray, where
-every host records each call's seconds and torch seconds. From the Ray run's round
+One invocation runs CONFIG twice from the same seed: on Ray, where every host records
+each call's seconds, torch seconds and CPU seconds, then with the in-process driver (a
+child process, ``rayagg run --local``, with torch's default threads). From the Ray run's round
 graph (rayagg/schedule.py) and those timings it finds the critical path: the longest
 chain of calls that must run one after another. It reports:
 
@@ -69,8 +69,8 @@ class BenchResult:
 
 def bench(config: RunConfig, out: pathlib.Path, *, address: Optional[str] = None,
           echo: Callable[[str], None] = print) -> BenchResult:
-    """Runs ``config`` in-process, then on Ray (joined at ``address`` or started), writing
-    both run directories under ``out`` (``local``, ``ray``); returns the figures."""
+    """Runs ``config`` on Ray (joined at ``address`` or started), then in-process, writing
+    both run directories under ``out`` (``ray``, ``local``); returns the figures."""
     from rayagg.rundir import check_new_run_dir
 
     for name in ("local", "ray"):
@@ -105,14 +105,21 @@ def machine_gflops(size: int = MATMUL_SIZE, repeats: int = 10) -> float:
 
 
 def _run_in_process(config: RunConfig, out: pathlib.Path) -> int:
-    """``rayagg run --local`` in a child process; returns the child's peak memory in bytes. RayaggError with the run's last lines if it fails."""
+    """``rayagg run --local`` in a child process; returns the child's peak memory in bytes.
+    RayaggError with the run's last lines if it fails, or if it outlasts the config's own
+    bounds (``startup_timeout_s`` plus ``round_timeout_s`` per round)."""
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.yaml"
     config_file.write_text(config.to_yaml())
     peak_file = out / "local-peak-rss"
     command = [sys.executable, "-c", _IN_PROCESS, str(peak_file),
                "run", str(config_file), "--local", "--out", str(out / "local")]
-    done = subprocess.run(command, capture_output=True, text=True)
+    runtime = config.runtime
+    limit_s = runtime.startup_timeout_s + runtime.round_timeout_s * config.training.rounds
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        raise RayaggError(f"bench: the in-process run did not finish within {limit_s:g} s") from None
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
         raise RayaggError(f"bench: the in-process run failed (exit {done.returncode}):\n{tail}")
@@ -148,16 +155,17 @@ class TracingRunner(RayRunner):
     def __init__(self, plan, **kwargs):
         super().__init__(plan, **kwargs)
         self.steps: list[list[Step]] = []
-        self.traces: dict[str, list[tuple[str, float, float]]] = {}
+        self.traces: dict[str, list[tuple[str, float, float, float]]] = {}
         self.hosts_peak_rss = 0
         self.cpus = 1  # the cluster's, read before closing
-        self.host_of = {node: name for name, layout in self.hosts.layout.items() for node in layout.nodes}
+        self.host_of = self.hosts.home  # node -> the host that runs it
 
     def submit_round(self, round_index, checkpoint_dir=None, attempt=1):
         if attempt > 1:
             raise RayaggError(f"bench: round {round_index} lost a node; a bench needs a run without failures")
         if not self.steps:
-            ray.get([host.start_trace.remote() for host in self.hosts.handles.values()])
+            ray.get([host.start_trace.remote() for host in self.hosts.handles.values()],
+                    timeout=self._runtime.startup_timeout_s)
         super().submit_round(round_index, checkpoint_dir, attempt)
         self.steps.append(self._in_flight[-1].steps)
 

@@ -221,7 +221,9 @@ class NodeHost:
 
     def take_trace(self) -> dict[str, list[tuple[str, float, float, float]]]:
         """The calls recorded since the last take (tracing goes on)."""
-        trace, self._trace = self._trace or {}, {} if self._trace is not None else None
+        trace = self._trace or {}
+        if self._trace is not None:
+            self._trace = {}
         return trace
 
     # ------------------------------------------------------------ helpers

@@ -5,11 +5,17 @@ import datetime
 import os
 import pathlib
 import sys
+import time
 from typing import Optional
 
 import click
 
 from rayagg.errors import ConfigError, RayaggError, RunDirError
+from rayagg.live import LEAVES_LISTED
+
+# The environment variable a config travels in with a Ray job (`rayagg submit`).
+CONFIG_ENV = "RAYAGG_CONFIG_YAML"
+WATCH_EVERY_S = 2.0  # `rayagg status --watch`: the driver rewrites live.json about as often
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,8 +44,14 @@ def main() -> None:
                                       "checkpoint (CONFIG defaults to RUN_DIR/config.yaml).")
 @click.option("--local", is_flag=True,
               help="Run the sequential in-process reference driver instead of Ray actors.")
+@click.option("--verbose", is_flag=True,
+              help="Show Ray's own log lines (workers, raylets) as they come; by default they stay "
+                   "in Ray's log files, linked from RUN_DIR/ray-logs.")
+@click.option("--config-from-env", is_flag=True, hidden=True,
+              help=f"Read the config's YAML from ${CONFIG_ENV} (how `rayagg submit` ships it).")
 def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int],
-        out_dir: Optional[str], overwrite: bool, resume_dir: Optional[str], local: bool) -> None:
+        out_dir: Optional[str], overwrite: bool, resume_dir: Optional[str], local: bool,
+        verbose: bool, config_from_env: bool) -> None:
     """Train the tree described by CONFIG and write RUN_DIR.
 
     RUN_DIR holds metrics.parquet (round, node, tier, accuracy, loss, seconds),
@@ -59,21 +71,23 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
     from rayagg.run import Stopped, execute
 
     with _user_errors():
-        if config_path is None and resume_dir is None:
+        if config_path is None and resume_dir is None and not config_from_env:
             raise click.UsageError("give CONFIG, or --resume RUN_DIR")
+        if config_from_env and (config_path is not None or resume_dir is not None):
+            raise click.UsageError("--config-from-env takes neither CONFIG nor --resume")
         if resume_dir is not None and (overwrite or out_dir is not None):
             raise click.UsageError("--resume continues RUN_DIR in place: it takes neither --out "
                                    "nor --overwrite")
         if resume_dir is not None and not pathlib.Path(resume_dir).is_dir():
             raise RayaggError(f"--resume {resume_dir}: no such run directory")
-        config = _load_run_config(config_module, config_path, resume_dir)
+        config = _load_run_config(config_module, config_path, resume_dir, config_from_env)
         if rounds is not None:
             config = config.with_rounds(rounds)
-        run_dir = pathlib.Path(resume_dir or out_dir or _default_run_dir(config.name))
+        run_dir = config_module.absolute_path(resume_dir or out_dir or _default_run_dir(config))
         if resume_dir is None:
             rundir.check_new_run_dir(run_dir, overwrite)
         preflight.check_inputs(config)
-        runner = _make_runner(config, address, local)
+        runner = _make_runner(config, address, local, verbose)
         # Everything a resume reads is verified before Ray starts or any file changes.
         state = rundir.load_for_resume(run_dir, runner.plan) if resume_dir else None
         if overwrite:
@@ -100,11 +114,17 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
         click.echo(f"rayagg: done; metrics, plot and checkpoints in {run_dir}")
 
 
-def _load_run_config(config_module, config_path: Optional[str], resume_dir: Optional[str]):
-    """CONFIG, or RUN_DIR/config.yaml when resuming; a CONFIG given with --resume must agree
-    with the run's own config except where a resume may change it."""
+def _load_run_config(config_module, config_path: Optional[str], resume_dir: Optional[str],
+                     from_env: bool = False):
+    """CONFIG (or the YAML in $RAYAGG_CONFIG_YAML), or RUN_DIR/config.yaml when resuming; a
+    CONFIG given with --resume must agree with the run's own config except where a resume
+    may change it."""
     from rayagg.rundir import check_resumable_config
 
+    if from_env:
+        if CONFIG_ENV not in os.environ:
+            raise ConfigError(f"--config-from-env: ${CONFIG_ENV} is not set (`rayagg submit` sets it)")
+        return config_module.parse_config_text(os.environ[CONFIG_ENV], source=f"${CONFIG_ENV}")
     if resume_dir is None:
         return config_module.load_config(config_path)
     stored = config_module.load_config(pathlib.Path(resume_dir) / "config.yaml")
@@ -128,47 +148,105 @@ def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
 
 @main.command()
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
-def status(run_dir: str) -> None:
+@click.option("--watch", is_flag=True,
+              help=f"Redraw the live tree every {WATCH_EVERY_S:g} s until the run ends (Ctrl-C quits).")
+@click.option("--all", "every_leaf", is_flag=True,
+              help=f"List every leaf even past {LEAVES_LISTED} of them (else summed up per parent).")
+def status(run_dir: str, watch: bool, every_leaf: bool) -> None:
     """Show a run's progress and what happened to its tree: the last checkpointed round,
     the rounds measured, dead nodes, devices that left, whether it is live and where, who
     joined, left or moved where and why (from RUN_DIR/state.json, live.json,
-    metrics.parquet and events.parquet; every file is verified)."""
-    from rayagg import packing, rundir
-    from rayagg.metrics import read_metrics
+    metrics.parquet and events.parquet; every file is verified).
+
+    While the run trains it starts with the tree as it is now, from RUN_DIR/live.json
+    (the driver rewrites it every few seconds): each node's host actor and machine, the
+    age of its last heartbeat, its parent, the bridge samples it trains on, the round it
+    is in ("idle": done with every round in flight) and its last accuracy; dead, left,
+    moved and joined nodes marked. It needs only RUN_DIR, not Ray.
+    """
+    from rayagg import rundir
 
     with _user_errors():
         path = pathlib.Path(run_dir)
         if not rundir.holds_run(path):
             raise RunDirError(rundir.missing_manifest(path))
-        dead: list[str] = []
-        tree, left = None, []
-        if (path / rundir.STATE_FILE).is_file():
-            state = rundir.RunState.load(path)
-            dead, tree, left = state.dead, state.parent_of, state.left
-            click.echo(f"last checkpointed round: {state.round}")
-            failed = [node for node in state.dead if node not in state.left]
-            click.echo(f"dead nodes: {', '.join(failed) or 'none'}")
-            if state.left:
-                click.echo(f"devices that left: {packing.describe_nodes(sorted(state.left, key=_index))}")
+        if watch:
+            _watch(path, every_leaf)
         else:
-            click.echo(f"no checkpoint: {rundir.missing_manifest(path)}")
-        live = rundir.read_live(path)
-        if live is not None:
-            click.echo(f"live: pid {live.get('pid')} on {live.get('hostname')}, Ray at {live['address']}, "
-                       f"namespace {live['namespace']} (rayagg scale {path} --devices N)")
-        _echo_hosts(path, dead, tree, left)
-        if (path / "metrics.parquet").is_file():
-            records = read_metrics(path / "metrics.parquet")
-            measured = sorted({r.round for r in records})
-            click.echo(f"rounds measured: {measured[-1] if measured else 0}")
-            if measured:
-                _echo_load([r for r in records if r.round == measured[-1]])
-        events = rundir.earlier_events(path)
-        for event in events:
-            when = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
-            click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
-        if not events:
-            click.echo("no events: no node failed")
+            _echo_live(path, every_leaf)
+        _echo_status(path)
+
+
+def _watch(path: pathlib.Path, every_leaf: bool) -> None:
+    """Redraws the live view until the run is no longer live or Ctrl-C."""
+    try:
+        while True:
+            click.clear()
+            click.echo(f"rayagg status {path} --watch (every {WATCH_EVERY_S:g} s; Ctrl-C quits)")
+            if not _echo_live(path, every_leaf):
+                return
+            time.sleep(WATCH_EVERY_S)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+def _echo_live(path: pathlib.Path, every_leaf: bool) -> bool:
+    """Prints the live view of the run in ``path``; returns whether it is live."""
+    from rayagg import live as live_view
+    from rayagg import rundir
+
+    record = rundir.read_live(path)
+    if record is None:
+        click.echo("not live: no run trains in this directory now")
+        return False
+    if rundir.driver_gone(record):
+        click.echo(f"not live: its driver (pid {record.get('pid')}) is gone; it crashed or was killed "
+                   f"(resume with: rayagg run --resume {path})")
+        return False
+    click.echo(f"live: driver pid {record.get('pid')} on {record.get('hostname')}, Ray at {record['address']}, "
+               f"namespace {record['namespace']}")
+    if "view" not in record:
+        click.echo("  (starting: the tree is not up yet)")
+        return True
+    try:
+        lines = live_view.render(record["view"], time.time(), every_leaf=every_leaf)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path / rundir.LIVE_FILE} is corrupt: {exc!r}") from exc
+    for line in lines:
+        click.echo(line)
+    return True
+
+
+def _echo_status(path: pathlib.Path) -> None:
+    """The run's history: checkpoint, dead nodes, hosts, load of the last round, events."""
+    from rayagg import packing, rundir
+    from rayagg.metrics import read_metrics
+
+    dead: list[str] = []
+    tree, left = None, []
+    if (path / rundir.STATE_FILE).is_file():
+        state = rundir.RunState.load(path)
+        dead, tree, left = state.dead, state.parent_of, state.left
+        click.echo(f"last checkpointed round: {state.round}")
+        failed = [node for node in state.dead if node not in state.left]
+        click.echo(f"dead nodes: {', '.join(failed) or 'none'}")
+        if state.left:
+            click.echo(f"devices that left: {packing.describe_nodes(sorted(state.left, key=_index))}")
+    else:
+        click.echo(f"no checkpoint: {rundir.missing_manifest(path)}")
+    _echo_hosts(path, dead, tree, left)
+    if (path / "metrics.parquet").is_file():
+        records = read_metrics(path / "metrics.parquet")
+        measured = sorted({r.round for r in records})
+        click.echo(f"rounds measured: {measured[-1] if measured else 0}")
+        if measured:
+            _echo_load([r for r in records if r.round == measured[-1]])
+    events = rundir.earlier_events(path)
+    for event in events:
+        when = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
+        click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
+    if not events:
+        click.echo("no events: no node failed")
 
 
 def _echo_load(records: list) -> None:
@@ -267,7 +345,7 @@ def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: 
     its range.
     """
     from rayagg import balance_bench, preflight
-    from rayagg.config import load_config
+    from rayagg.config import absolute_path, load_config
 
     with _user_errors():
         names = balance_bench.parse_policies(policies)
@@ -280,7 +358,7 @@ def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: 
         if rounds is not None:
             config = config.with_rounds(rounds)
         preflight.check_inputs(config)
-        out = pathlib.Path(out_dir or _default_run_dir(f"balance-test-{config.name}"))
+        out = absolute_path(out_dir or config.output.run_dir(f"balance-test-{config.name}", _stamp()))
         if address is not None:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         results = balance_bench.compare(config, names, out, seeds=seed_list or [0], address=address,
@@ -312,12 +390,12 @@ def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Opti
     run directories under --out.
     """
     from rayagg import preflight
-    from rayagg.config import load_config
+    from rayagg.config import absolute_path, load_config
 
     with _user_errors():
         config = load_config(config_path).with_rounds(rounds)
         preflight.check_inputs(config)
-        out = pathlib.Path(out_dir or _default_run_dir(f"bench-{config.name}"))
+        out = absolute_path(out_dir or config.output.run_dir(f"bench-{config.name}", _stamp()))
         if address is not None:
             os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported
         from rayagg import bench as bench_module
@@ -392,7 +470,7 @@ def _index(node: str) -> int:
     return int(node.rsplit("-", 1)[1])
 
 
-def _make_runner(config, address: Optional[str], local: bool):
+def _make_runner(config, address: Optional[str], local: bool, verbose: bool = False):
     from rayagg.plan import load_data, make_plan
 
     dataset = load_data(config)
@@ -409,9 +487,13 @@ def _make_runner(config, address: Optional[str], local: bool):
     return RayRunner(plan, address=address)
 
 
-def _default_run_dir(name: str) -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"runs/{name}-{stamp}"
+def _default_run_dir(config) -> pathlib.Path:
+    """``output.base_dir``/<name>-<timestamp>, absolute."""
+    return config.output.run_dir(config.name, _stamp())
+
+
+def _stamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 class _user_errors:

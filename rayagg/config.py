@@ -8,6 +8,7 @@ objects; everything below this module sees a :class:`RunConfig`.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from typing import Any, Literal, Optional
@@ -344,6 +345,26 @@ class EmulationConfig(_Section):
         return self.slowdown.get(node, self.slowdown.get(node.rpartition("-")[0], 1.0))
 
 
+class OutputConfig(_Section):
+    """Where runs go. A run's directory is ``--out``, else ``<base_dir>/<name>-<timestamp>``;
+    either is made absolute at launch (``~`` expanded, a relative path taken from the
+    working directory) and printed. On a multi-machine cluster every host actor writes its
+    nodes' checkpoints there, so it must be shared storage mounted at the same path on
+    every machine: a run checks this at start-up (rayagg/rundir.py, ``probe_run_dir``)."""
+
+    base_dir: str = "runs"
+
+    def run_dir(self, name: str, stamp: str) -> pathlib.Path:
+        """The absolute default run directory of a run called ``name`` started at ``stamp``."""
+        return absolute_path(pathlib.Path(self.base_dir) / f"{name}-{stamp}")
+
+
+def absolute_path(path: str | pathlib.Path) -> pathlib.Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory (symlinks kept:
+    a shared mount is often reached through one)."""
+    return pathlib.Path(os.path.abspath(pathlib.Path(path).expanduser()))
+
+
 class RunConfig(_Section):
     """A whole run: the root of the YAML file."""
 
@@ -356,6 +377,7 @@ class RunConfig(_Section):
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     emulation: EmulationConfig = Field(default_factory=EmulationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
     def _slowdown_names_nodes_or_tiers(self) -> "RunConfig":
@@ -411,11 +433,17 @@ def load_config(path: str | pathlib.Path) -> RunConfig:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    return parse_config_text(path.read_text(), source=str(path))
+
+
+def parse_config_text(text: str, source: str = "config") -> RunConfig:
+    """Validates a YAML document (e.g. a config that travelled with a Ray job); raises
+    ConfigError naming ``source`` for bad YAML or content."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_config(raw, source=str(path))
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    return parse_config(raw, source=source)
 
 
 def _describe(exc: pydantic.ValidationError) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import secrets
 import shutil
 import socket
 from dataclasses import asdict, dataclass, field
@@ -148,10 +149,13 @@ def missing_manifest(run_dir: pathlib.Path) -> str:
 
 # ------------------------------------------------------------------ live runs
 
-def write_live(run_dir: pathlib.Path, address: str, namespace: str, pid: int, hostname: str) -> None:
+def write_live(run_dir: pathlib.Path, address: str, namespace: str, pid: int, hostname: str,
+               view: Optional[dict] = None) -> None:
     """Records where the run training in ``run_dir`` can be reached: its Ray cluster's GCS
-    address and the run's namespace (its supervisor actor is ``supervisor`` there)."""
-    record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname}
+    address and the run's namespace (its supervisor actor is ``supervisor`` there), and
+    the tree as it is now (``view``: rayagg/live.py) for ``rayagg status``."""
+    record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname,
+              **({"view": view} if view is not None else {})}
     write_atomic(pathlib.Path(run_dir) / LIVE_FILE, json.dumps(record, indent=1).encode())
 
 
@@ -172,6 +176,44 @@ def read_live(run_dir: pathlib.Path) -> Optional[dict]:
 
 def clear_live(run_dir: pathlib.Path) -> None:
     (pathlib.Path(run_dir) / LIVE_FILE).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ shared storage
+
+PROBE_FILE = ".rayagg-probe"
+
+
+def start_probe(run_dir: pathlib.Path) -> str:
+    """Writes a fresh token to RUN_DIR/.rayagg-probe for :func:`probe_run_dir`; returns it."""
+    token = secrets.token_hex(8)
+    write_atomic(pathlib.Path(run_dir) / PROBE_FILE, token.encode())
+    return token
+
+
+def probe_run_dir(run_dir: str | pathlib.Path, token: str, who: str) -> Optional[str]:
+    """Run by each host actor at start-up, on whichever machine it landed: None when it sees
+    the driver's probe (so RUN_DIR is the same directory there) and can write beside it
+    (it writes its nodes' checkpoints there), else why not, naming ``who``."""
+    path = pathlib.Path(run_dir) / PROBE_FILE
+    try:
+        seen = path.read_text()
+    except FileNotFoundError:
+        return f"{who} does not see {path}, which the driver wrote: {run_dir} is another directory there"
+    except OSError as exc:
+        return f"{who} cannot read {path}: {exc}"
+    if seen != token:
+        return f"{who} sees another token in {path}: {run_dir} is another directory there"
+    mine = path.with_name(f"{PROBE_FILE}-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        mine.write_bytes(token.encode())
+        mine.unlink()
+    except OSError as exc:
+        return f"{who} cannot write to {run_dir}: {exc}"
+    return None
+
+
+def end_probe(run_dir: pathlib.Path) -> None:
+    (pathlib.Path(run_dir) / PROBE_FILE).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ run directories
@@ -204,14 +246,18 @@ def check_not_live(path: pathlib.Path) -> None:
     """RunDirError when a run may still be training in ``path`` (its live record names a
     process that runs, or one on another machine): no second run may write there."""
     live = read_live(path)
-    if live is None:
-        return
+    if live is None or driver_gone(live):
+        return  # no record, or the record of a run that crashed before it could remove it
     here = live.get("hostname") == socket.gethostname()
-    if here and not _process_exists(live.get("pid")):
-        return  # the record of a run that crashed before it could remove it
     where = f"pid {live.get('pid')}" + ("" if here else f" on {live.get('hostname')}")
     raise RunDirError(f"a run is training in {path} ({where}): stop it first (if it is gone, "
                       f"delete {path / LIVE_FILE})")
+
+
+def driver_gone(live: dict) -> bool:
+    """True when a live record names a driver process on this machine that no longer runs
+    (it crashed before it could remove the record); a driver elsewhere cannot be checked."""
+    return live.get("hostname") == socket.gethostname() and not _process_exists(live.get("pid"))
 
 
 def _process_exists(pid) -> bool:
@@ -264,7 +310,7 @@ def round_directory(run_dir: pathlib.Path, round_index: int) -> pathlib.Path:
 
 def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     """Raises ConfigError unless ``given`` may continue a run made with ``stored``: only
-    training.rounds, the runtime and supervision sections, the autoencoder cache folder and
+    training.rounds, the runtime, supervision and output sections, the autoencoder cache folder and
     each tier's resources and nodes_per_actor may change (where nodes run, e.g. on another
     cluster; everything else decides what the checkpoints mean)."""
     def fixed(config: "RunConfig") -> dict:
@@ -274,7 +320,7 @@ def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
         for tier in raw["tree"]["tiers"]:
             tier.pop("resources")
             tier.pop("nodes_per_actor")
-        for section in ("runtime", "supervision"):
+        for section in ("runtime", "supervision", "output"):
             raw.pop(section)
         return raw
 
@@ -282,7 +328,7 @@ def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     changed = sorted(key for key in old if old[key] != new.get(key))
     if changed:
         raise ConfigError(f"CONFIG differs from the run's config.yaml in {', '.join(changed)}: a "
-                          "resumed run may change only training.rounds, runtime, supervision and the "
+                          "resumed run may change only training.rounds, runtime, supervision, output and the "
                           "tiers' resources and nodes_per_actor")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 import resource
+import socket
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from rayagg import checkpoint, packing
 from rayagg.errors import NodeStoppedError
 from rayagg.node import BridgeSamples, LocalData, NodeState
 from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, load_data, local_data
+from rayagg.rundir import probe_run_dir
 
 
 def torch_threads(num_cpus: float) -> int:
@@ -139,9 +141,15 @@ class NodeHost:
             raise self._start_error
         context = ray.get_runtime_context()
         return {"host": self._name, "nodes": list(self._nodes), "pid": os.getpid(),
+                "hostname": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
                 "ray_node_id": context.get_node_id(), "torch_threads": torch.get_num_threads(),
                 "device": str(self._device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb()}
+
+    def probe_run_dir(self, run_dir: str, token: str) -> Optional[str]:
+        """None when RUN_DIR is usable from this host's machine, else why not (see
+        ``rundir.probe_run_dir``)."""
+        return probe_run_dir(run_dir, token, f"{self._name} on {socket.gethostname()}")
 
     # ------------------------------------------------------------ the protocol
 

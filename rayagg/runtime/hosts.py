@@ -9,12 +9,13 @@ which frees its resources (and lets an autoscaler remove an idle machine).
 """
 from __future__ import annotations
 
+import pathlib
 from typing import Any, Iterable
 
 import ray
 
-from rayagg import packing
-from rayagg.errors import NodeTimeoutError
+from rayagg import packing, rundir
+from rayagg.errors import NodeTimeoutError, RunDirError
 from rayagg.plan import Plan
 from rayagg.runtime.cluster import cluster_nodes
 from rayagg.runtime.host import NodeHost
@@ -49,6 +50,23 @@ class HostPool:
         for host, its_nodes in wanted.items():
             self._create(host, its_nodes)
         self._wait_started(list(wanted))
+
+    def probe_run_dir(self, run_dir: pathlib.Path) -> None:
+        """Raises RunDirError unless every host sees RUN_DIR as the driver does and can write
+        there: a run directory on one machine's own disk fails here, at start-up, rather
+        than at the first checkpoint of a node on another machine."""
+        token = rundir.start_probe(run_dir)
+        try:
+            answers = await_all([(host, "probe_run_dir", handle.probe_run_dir.remote(str(run_dir), token))
+                                 for host, handle in self.handles.items()], self._timeout_s)
+        finally:
+            rundir.end_probe(run_dir)
+        problems = [answer for answer in answers if answer is not None]
+        if problems:
+            raise RunDirError(f"{run_dir} is not usable from every machine of the run: "
+                              f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}. On a "
+                              "multi-machine cluster RUN_DIR must be shared storage mounted at the same "
+                              "path everywhere (choose it with --out or output.base_dir)")
 
     def actor(self, node: str) -> Any:
         """The handle of the host running ``node``."""

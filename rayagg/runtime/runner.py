@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 import ray
 
-from rayagg import membership, rundir, store
+from rayagg import live, membership, rundir, store
 from rayagg.errors import RecoveryError
 from rayagg.events import Event, EventKind
 from rayagg.membership import Change, Members
@@ -56,6 +56,8 @@ from rayagg.runtime.resources import check_cluster
 from rayagg.runtime.supervisor import SupervisorActor
 from rayagg.runtime.waiting import Call, Death, Settled, await_all, kill, settle
 from rayagg.supervision import Policy
+
+LIVE_EVERY_S = 2.0  # how often, at most, the driver rewrites RUN_DIR/live.json while it waits
 
 
 class RayRunner:
@@ -84,6 +86,10 @@ class RayRunner:
         self._connected = False
         self._in_flight: deque[_InFlight] = deque()  # submitted, not yet collected, oldest first
         self._last_done: Optional[float] = None  # when the last collected round ended
+        self._collected: Optional[int] = None  # the last round collected
+        self._scores: dict[str, tuple[int, float]] = {}  # node -> (round, accuracy) last evaluated
+        self._published = 0.0  # when live.json was last written (monotonic)
+        self._gcs_address = ""
 
     # The tree and dead set are the supervisor's, as last applied (before start: the plan's).
     @property
@@ -137,11 +143,13 @@ class RayRunner:
         self.recovery = Recovery(supervisor, self.hosts, self.bridge, self._tree, self._dead,
                                  timeout_s=self._runtime.startup_timeout_s, log=self._event,
                                  restore=self._restore, left=self._left)
+        self._gcs_address = ray.get_runtime_context().gcs_address
         if self._run_dir is not None:  # `rayagg scale RUN_DIR` finds the run by this record
-            rundir.write_live(self._run_dir, ray.get_runtime_context().gcs_address, self.namespace,
-                              os.getpid(), socket.gethostname())
+            rundir.write_live(self._run_dir, self._gcs_address, self.namespace, os.getpid(), socket.gethostname())
         live = [node for node in self.tree.nodes if node not in self.dead]
         self.hosts.start(live, supervisor)
+        if self._run_dir is not None:
+            self.hosts.probe_run_dir(self._run_dir)
         stored = self._stored_bridge_samples(resume)
         if stored:
             self._read_bridge_samples(stored, resume)
@@ -151,6 +159,8 @@ class RayRunner:
         await_all([call for call in restoring if call is not None], self._runtime.startup_timeout_s)
         self._sync_bridge_samples()
         self._repair()
+        self._collected = self.round_index
+        self._publish(now=True)
 
     def _stored_bridge_samples(self, resume: Optional[RunState]) -> dict[pathlib.Path, str]:
         """The bridge-sample stores a resumed run reads (path -> SHA-256); none for a fresh
@@ -241,15 +251,16 @@ class RayRunner:
         (they were submitted to the tree before the loss; what of them had run on live
         nodes stays done) and the loop submits them again after the retry."""
         oldest = self._in_flight[0]
-        settled = self._settle(oldest.calls, context=f"round {oldest.round}")
+        settled = self._settle(oldest.calls, context=f"round {oldest.round}", round_index=oldest.round)
         done = time.perf_counter()
         if settled.failed:
             self._retry_oldest(settled)
             return self.collect_round()
         self._in_flight.popleft()
         seconds = done - max(self._last_done or oldest.submitted, oldest.submitted)
-        self._last_done = done
+        self._last_done, self._collected = done, oldest.round
         self._repair()
+        self._publish(now=True)
         values = lambda call: {node: v for (node, name), v in settled.by_call.items() if name == call}
         return RoundResult(oldest.round, values(EVALUATE),
                            values(SAVE) if oldest.checkpoint_dir is not None else None, seconds)
@@ -257,7 +268,7 @@ class RayRunner:
     def _retry_oldest(self, settled: Settled) -> None:
         first, *later = self._in_flight
         for dropped in later:  # let them finish or fail before the tree changes
-            self._settle(dropped.calls, context=f"round {dropped.round}")
+            self._settle(dropped.calls, context=f"round {dropped.round}", round_index=dropped.round)
         self._repair()
         lost = ", ".join(sorted(settled.died)) or "a node"
         if first.attempt > 1:
@@ -378,9 +389,42 @@ class RayRunner:
         self._repair()
         return settled
 
-    def _settle(self, pending: list[Call], context: str = "") -> Settled:
+    def _settle(self, pending: list[Call], context: str = "", round_index: Optional[int] = None) -> Settled:
+        def seen(node: str, call: str, value: Any) -> None:
+            if call == EVALUATE and round_index is not None:
+                self._scores[node] = (round_index, value[0])
+
+        def poll() -> None:
+            self.recovery.tick()
+            self._publish()
         return settle(pending, self._runtime.round_timeout_s, poll_s=self._supervision.heartbeat_interval_s,
-                      on_poll=self.recovery.tick, on_death=self._died, context=context)
+                      on_poll=poll, on_death=self._died, context=context, on_value=seen)
+
+    # ---------------------------------------------------------------- the live view
+
+    def _publish(self, now: bool = False) -> None:
+        """Rewrites RUN_DIR/live.json with the tree as it is now (rayagg/live.py), at most
+        every LIVE_EVERY_S unless ``now``: ``rayagg status`` reads it."""
+        if self._run_dir is None or self.recovery is None:
+            return
+        if not now and time.monotonic() - self._published < LIVE_EVERY_S:
+            return
+        self._published = time.monotonic()
+        try:
+            ages = ray.get(self.recovery.supervisor.heartbeat_ages.remote(), timeout=LIVE_EVERY_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            ages = {}  # the view goes out without heartbeat ages rather than hold up the round
+        shard = {leaf: len(samples) for leaf, samples in self.plan.shards.items()}
+        views = live.node_views(
+            self.tree, self.plan.tree, self.dead, self.left, self.hosts.home,
+            {host: where.get("ip", "") for host, where in self.placement.items()},
+            {node: sum(shard[leaf] for leaf in self._leaves(node)) for node in self.tree.nodes},
+            self._scores, ages)
+        done = self._collected or 0
+        record = live.to_record(views, rounds=self.plan.config.training.rounds, done=done,
+                                in_flight=self.rounds_pending, updated=time.time())
+        rundir.write_live(self._run_dir, self._gcs_address, self.namespace, os.getpid(), socket.gethostname(),
+                          view=record)
 
     def _repair(self) -> None:
         if self.recovery.needs_repair:

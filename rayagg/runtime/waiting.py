@@ -42,8 +42,10 @@ class Settled:
 
 
 def settle(pending: list[Call], timeout_s: float, *, poll_s: float, on_poll: Callable[[], None],
-           on_death: Callable[[Death], set[str]], context: str = "") -> Settled:
-    """Waits for every call, calling ``on_poll`` every ``poll_s`` (the supervisor's tick).
+           on_death: Callable[[Death], set[str]], context: str = "",
+           on_value: Callable[[str, str, Any], None] = lambda node, call, value: None) -> Settled:
+    """Waits for every call, calling ``on_poll`` every ``poll_s`` (the supervisor's tick)
+    and ``on_value(node, call, value)`` as each call succeeds.
 
     A call that fails because a node died goes to ``on_death``, which returns the nodes
     that died with it, and is counted in the result; a call that fails for another
@@ -64,6 +66,8 @@ def settle(pending: list[Call], timeout_s: float, *, poll_s: float, on_poll: Cal
             if death is not None:
                 settled.failed.append((node, call))
                 settled.died |= on_death(death)
+            else:
+                on_value(node, call, settled.by_call[node, call])
         on_poll()
     return settled
 

@@ -16,7 +16,7 @@ No schedule on any number of cores can finish those rounds faster than that chai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from rayagg.tree import Tree
 
@@ -43,6 +43,13 @@ class RoundResult:
     scores: dict[str, tuple[float, float, float]]
     checkpoints: Optional[dict[str, str]]
     seconds: float
+
+
+def logit_bytes(steps: Iterable[Step], samples_of_leaf: Mapping[str, int], num_classes: int) -> int:
+    """The bytes of logits ``steps`` send from one node to another: each ``logits`` step
+    sends float32 logits (4 bytes x ``num_classes``) for every bridge sample of its leaves."""
+    return sum(4 * num_classes * sum(samples_of_leaf[leaf] for leaf in step.leaves)
+               for step in steps if step.call == LOGITS)
 
 
 def round_steps(tree: Tree, leaves_of: Callable[[str], Sequence[str]], dead: Iterable[str] = (),

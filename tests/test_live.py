@@ -73,7 +73,8 @@ def test_status_shows_the_live_tree(tmp_path):
 
 
 def test_status_says_when_the_driver_is_gone(tmp_path):
-    write_live_run(tmp_path, 2**22 + 12345, live.to_record(views(), rounds=5, done=2, in_flight=[], updated=0.0))
+    gone = 2**22 + 12345  # no such pid
+    write_live_run(tmp_path, gone, live.to_record(views(), rounds=5, done=2, in_flight=[], updated=0.0))
     result = CliRunner().invoke(main, ["status", str(tmp_path), "--watch"])
     assert result.exit_code == 0, result.output
     assert "not live: its driver" in result.output and "--resume" in result.output

@@ -1,7 +1,7 @@
 """The round's steps and the critical path through measured steps (pure, no Ray)."""
 import pytest
 
-from rayagg.schedule import (EVALUATE, LEARN, LOGITS, SAVE, Step, Timing, critical_path,
+from rayagg.schedule import (EVALUATE, LEARN, LOGITS, SAVE, Step, Timing, critical_path, logit_bytes,
                              match_timings, round_steps)
 from rayagg.tree import Tree
 
@@ -105,3 +105,11 @@ def test_a_trace_that_does_not_fit_is_an_error_naming_the_node():
     swapped = {**traces, "device-0": list(reversed(traces["device-0"]))}
     with pytest.raises(ValueError, match="device-0"):
         match_timings([steps], swapped)
+
+
+def test_logit_bytes_count_float32_logits_of_each_logits_step():
+    tree = Tree.balanced(["cloud", "edge", "device"], [1, 1, 2])
+    steps = round_steps(tree, lambda node: tree.leaves(node), scored=tree.nodes)
+    samples = {"device-0": 10, "device-1": 30}
+    # edge-0 <- cloud-0 on 40 samples, and back; device-i <- edge-0 on its own, and back
+    assert logit_bytes(steps, samples, num_classes=10) == 4 * 10 * (2 * 40 + 2 * 10 + 2 * 30)

@@ -145,7 +145,8 @@ class RayRunner:
                                  restore=self._restore, left=self._left)
         self._gcs_address = ray.get_runtime_context().gcs_address
         if self._run_dir is not None:  # `rayagg scale RUN_DIR` finds the run by this record
-            rundir.write_live(self._run_dir, self._gcs_address, self.namespace, os.getpid(), socket.gethostname())
+            rundir.write_live(self._run_dir, self._gcs_address, self.namespace, os.getpid(),
+                              socket.gethostname())
         live = [node for node in self.tree.nodes if node not in self.dead]
         self.hosts.start(live, supervisor)
         if self._run_dir is not None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from typing import Callable, Optional
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayagg.errors import ClusterError
+from rayagg.runtime import ray_logs
 from rayagg.runtime.resources import ClusterNode
 
 # How long joining a cluster by address may take to reach the head before it is an error:
@@ -16,8 +17,14 @@ from rayagg.runtime.resources import ClusterNode
 CONNECT_TIMEOUT_S = 10.0
 
 
-def connect(address: Optional[str]) -> bool:
+def connect(address: Optional[str], *, verbose: bool = False,
+            notify: Callable[[str], None] = ray_logs.to_stderr) -> bool:
     """Starts a local Ray (address None) or joins ``address``; returns True if we started it.
+
+    Quiet unless ``verbose`` (see ray_logs.py): worker output is not forwarded here, Ray's
+    token-auth notice is dropped, and raylet notices go through ``notify`` in rayagg's words
+    (and to RUN_DIR/ray-notices.log once :func:`ray_logs.keep_logs` names it). ``verbose``
+    prints everything as Ray does. Ray's driver-side warnings and errors show either way.
 
     Ray 2.60 enables token auth by default; a client joining by address needs
     RAY_AUTH_MODE=token in its environment before ``import ray``: the CLI sets it
@@ -27,13 +34,16 @@ def connect(address: Optional[str]) -> bool:
     """
     if ray.is_initialized():
         return False
+    # Before ray.init: the token-auth notice is logged from inside it.
+    ray_logs.quiet(not verbose, notify)
+    options = ray_logs.init_options(verbose)
     if address is None:
         # "local" starts a new Ray even where another one runs on this machine.
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", include_dashboard=False, **options)
         return True
     _probe(address)
     try:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, **options)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from ray.init
         raise ClusterError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
     return False

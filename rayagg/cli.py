@@ -484,7 +484,7 @@ def _make_runner(config, address: Optional[str], local: bool, verbose: bool = Fa
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     from rayagg.runtime import RayRunner
 
-    return RayRunner(plan, address=address)
+    return RayRunner(plan, address=address, verbose=verbose)
 
 
 def _default_run_dir(config) -> pathlib.Path:

@@ -114,6 +114,9 @@ class LocalRunner:
     def collect_round(self) -> RoundResult:
         return self._done.pop(0)
 
+    def report_round(self, records: list, result: RoundResult) -> None:
+        """Nothing to export: an in-process run has no metrics endpoint."""
+
     def evaluate(self) -> dict[str, tuple[float, float, float]]:
         """Returns node -> (accuracy, loss, seconds of training work this round)."""
         images, labels = self._test

@@ -47,13 +47,15 @@ from rayagg.events import Event, EventKind
 from rayagg.membership import Change, Members
 from rayagg.plan import Plan, balancing_policy
 from rayagg.rundir import RunState, expected_bridge_counts
-from rayagg.schedule import EVALUATE, LEARN, LOGITS, SAVE, RoundResult, Step, round_steps
+from rayagg.schedule import EVALUATE, LEARN, LOGITS, SAVE, RoundResult, Step, logit_bytes, round_steps
 from rayagg.runtime.bridge import BridgeRoutes, training_leaves
 from rayagg.runtime.cluster import cluster_nodes, connect, on_driver_node
 from rayagg.runtime.hosts import HostPool
+from rayagg.runtime.ray_logs import keep_logs
 from rayagg.runtime.recovery import Recovery
 from rayagg.runtime.resources import check_cluster
 from rayagg.runtime.supervisor import SupervisorActor
+from rayagg.runtime.telemetry import RunTelemetry
 from rayagg.runtime.waiting import Call, Death, Settled, await_all, kill, settle
 from rayagg.supervision import Policy
 
@@ -64,11 +66,12 @@ class RayRunner:
     """Runs ``plan``'s tree on Ray; see the module docstring for the design."""
 
     def __init__(self, plan: Plan, *, address: Optional[str] = None,
-                 namespace: Optional[str] = None):
+                 namespace: Optional[str] = None, verbose: bool = False):
         self.plan = plan
         self.events: list[Event] = []
         self.round_index = 0
         self._address = address
+        self._verbose = verbose  # Ray's own output on this terminal (ray_logs.py)
         self._runtime = plan.config.runtime
         self._supervision = plan.config.supervision
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -90,6 +93,10 @@ class RayRunner:
         self._scores: dict[str, tuple[int, float]] = {}  # node -> (round, accuracy) last evaluated
         self._published = 0.0  # when live.json was last written (monotonic)
         self._gcs_address = ""
+        self.telemetry: Optional[RunTelemetry] = None  # Ray's metrics endpoint (telemetry.py)
+        self._events_sent = 0  # events before this count were exported (or belong to an earlier run)
+        self._moved_bytes: dict[int, int] = {}  # round -> bytes of logits its steps sent
+        self._shard_size = {leaf: len(shard) for leaf, shard in plan.shards.items()}  # every possible leaf
 
     # The tree and dead set are the supervisor's, as last applied (before start: the plan's).
     @property
@@ -120,7 +127,7 @@ class RayRunner:
     def connect(self) -> None:
         """Starts or joins Ray (see :func:`connect`); ``start`` does it if not done yet."""
         if not self._connected:
-            self._started_ray = connect(self._address)
+            self._started_ray = connect(self._address, verbose=self._verbose)
             self._connected = True
 
     def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None) -> None:
@@ -135,15 +142,20 @@ class RayRunner:
             self._left, self.checkpoint = frozenset(resume.left), resume
         self.connect()
         check_cluster(self.plan.config, cluster_nodes(), autoscaling=self._runtime.autoscaling)
+        # Tagged with RUN_DIR's name, which a resumed run keeps (a namespace is new each time).
+        run_tag = self._run_dir.name if self._run_dir is not None else self.namespace
+        self.telemetry, self._events_sent = RunTelemetry(run_tag), len(self.events)
         supervisor = SupervisorActor.options(
             name="supervisor", namespace=self.namespace, scheduling_strategy=on_driver_node(),
         ).remote(self._tree, _policy(self._supervision), self._subtree_sizes(), self._dead, self._left,
                  self.plan.config.tree.elastic, self.round_index, balancing_policy(self.plan.config),
-                 self.plan.config.balance.cooldown, self.plan.label_counts)
+                 self.plan.config.balance.cooldown, self.plan.label_counts, run_tag)
         self.recovery = Recovery(supervisor, self.hosts, self.bridge, self._tree, self._dead,
                                  timeout_s=self._runtime.startup_timeout_s, log=self._event,
                                  restore=self._restore, left=self._left)
         self._gcs_address = ray.get_runtime_context().gcs_address
+        if self._run_dir is not None:
+            keep_logs(self._run_dir)
         if self._run_dir is not None:  # `rayagg scale RUN_DIR` finds the run by this record
             rundir.write_live(self._run_dir, self._gcs_address, self.namespace, os.getpid(),
                               socket.gethostname())
@@ -194,6 +206,8 @@ class RayRunner:
         """Kills the hosts and the supervisor, and stops Ray if this runner started it."""
         if self._run_dir is not None:
             rundir.clear_live(self._run_dir)
+        if self.telemetry is not None:
+            self.telemetry.close()
         self.hosts.close()
         if self.recovery is not None:
             kill(self.recovery.supervisor)
@@ -201,7 +215,7 @@ class RayRunner:
             ray.shutdown()
 
     def _subtree_sizes(self) -> dict[str, int]:
-        size = {leaf: len(shard) for leaf, shard in self.plan.shards.items()}  # every possible leaf
+        size = self._shard_size
         return {node: sum(size[leaf] for leaf in self._tree.leaves(node)) for node in self._tree.nodes}
 
     # ---------------------------------------------------------------- rounds
@@ -258,6 +272,7 @@ class RayRunner:
             self._retry_oldest(settled)
             return self.collect_round()
         self._in_flight.popleft()
+        self._moved_bytes[oldest.round] = logit_bytes(oldest.steps, self._shard_size, self.plan.num_classes)
         seconds = done - max(self._last_done or oldest.submitted, oldest.submitted)
         self._last_done, self._collected = done, oldest.round
         self._repair()
@@ -265,6 +280,14 @@ class RayRunner:
         values = lambda call: {node: v for (node, name), v in settled.by_call.items() if name == call}
         return RoundResult(oldest.round, values(EVALUATE),
                            values(SAVE) if oldest.checkpoint_dir is not None else None, seconds)
+
+    def report_round(self, records: list, result: RoundResult) -> None:
+        """Exports a collected round's metrics and the events since the last report to Ray's
+        metrics endpoint (rayagg/runtime/telemetry.py)."""
+        moved = self._moved_bytes.pop(result.round, None)
+        self.telemetry.round(records, self.tree.tier_names, moved_bytes=moved)
+        self.telemetry.events(self.events[self._events_sent:])
+        self._events_sent = len(self.events)
 
     def _retry_oldest(self, settled: Settled) -> None:
         first, *later = self._in_flight
@@ -415,7 +438,7 @@ class RayRunner:
             ages = ray.get(self.recovery.supervisor.heartbeat_ages.remote(), timeout=LIVE_EVERY_S)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
             ages = {}  # the view goes out without heartbeat ages rather than hold up the round
-        shard = {leaf: len(samples) for leaf, samples in self.plan.shards.items()}
+        shard = self._shard_size
         views = live.node_views(
             self.tree, self.plan.tree, self.dead, self.left, self.hosts.home,
             {host: where.get("ip", "") for host, where in self.placement.items()},

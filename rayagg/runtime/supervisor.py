@@ -21,6 +21,7 @@ import ray
 from rayagg import balance, supervision
 from rayagg.config import Elastic
 from rayagg.membership import Request
+from rayagg.runtime.telemetry import RunTelemetry
 from rayagg.supervision import Decision, NoSurvivorError, Policy, SupervisorState
 from rayagg.tree import Tree
 
@@ -33,13 +34,16 @@ class SupervisorActor:
                  dead: frozenset[str] = frozenset(), left: frozenset[str] = frozenset(),
                  elastic: Optional[Elastic] = None, round_index: int = 0,
                  balancing: balance.Policy = balance.Policy(), cooldown: int = 2,
-                 labels: Optional[Mapping[str, tuple[int, ...]]] = None):
+                 labels: Optional[Mapping[str, tuple[int, ...]]] = None, run: str = ""):
         state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load, balancing=balancing,
                                       cooldown=cooldown, labels=labels)
         self._state = dataclasses.replace(state, dead=frozenset(dead), left=frozenset(left))
         self._elastic = elastic
         self._request: Optional[Request] = None
         self._round, self._rounds = round_index, 0  # the round in flight (or done) and the run's last
+        # Heartbeat ages and deaths on Ray's metrics endpoint, from a thread every few seconds.
+        self._telemetry = RunTelemetry(run)
+        self._telemetry.watch_heartbeats(lambda: self._state)
 
     async def heartbeat(self, nodes: Iterable[str]) -> None:
         """A host's heartbeat, covering the nodes it runs."""

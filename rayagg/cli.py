@@ -11,10 +11,9 @@ from typing import Optional
 import click
 
 from rayagg.errors import ConfigError, RayaggError, RunDirError
+from rayagg.jobs import CONFIG_ENV
 from rayagg.live import LEAVES_LISTED
 
-# The environment variable a config travels in with a Ray job (`rayagg submit`).
-CONFIG_ENV = "RAYAGG_CONFIG_YAML"
 WATCH_EVERY_S = 2.0  # `rayagg status --watch`: the driver rewrites live.json about as often
 
 
@@ -508,6 +507,11 @@ class _user_errors:
             sys.exit(2)
         return False
 
+
+from rayagg.jobs_cli import jobs_group, submit  # noqa: E402  (they use this module's helpers)
+
+main.add_command(submit)
+main.add_command(jobs_group)
 
 if __name__ == "__main__":
     main()

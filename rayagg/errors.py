@@ -73,3 +73,8 @@ class TrainingError(RayaggError):
     """A node's training diverged: a loss stopped being finite. The message names the
     node, the loss and the batch; one argument, so the error pickles (Ray ships it from
     an actor to the driver)."""
+
+
+class JobError(RayaggError):
+    """A Ray Job cannot be submitted, found or stopped: the job server does not answer,
+    the job id is unknown, or the run directory given cannot mean the same on the cluster."""

@@ -93,8 +93,9 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
             rundir.clear_run_dir(run_dir)
         click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
         _echo_emulation(config)
-        with click.progressbar(length=config.training.rounds, label="rounds",
-                               file=sys.stderr) as bar:
+        # The bar only on a terminal: in a job's log or a pipe it would print just its label.
+        with click.progressbar(length=config.training.rounds, label="rounds", file=sys.stderr,
+                               hidden=not sys.stderr.isatty()) as bar:
             if state is not None:
                 bar.update(state.round)
 

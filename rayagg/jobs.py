@@ -139,10 +139,12 @@ def connect(address: str):
 
 
 def _quiet_client_logs() -> None:
-    """Ray's job client logs each package upload and closed log stream at INFO (its
-    module sets that level itself), and a notice that .git and .venv are no longer
-    shipped: none of it is the user's news."""
-    logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
+    """Ray's job client logs each file it leaves out of a package and each closed log
+    stream at INFO (one module sets that level itself), and a notice that .git and .venv
+    are no longer shipped: none of it is the user's news."""
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env.working_dir").addFilter(_drop_default_excludes_notice)
 
 

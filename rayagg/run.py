@@ -105,7 +105,7 @@ class StopSignals:
             raise Stopped(signum, abandoned=True)
         self.signum = signum
         self._echo(f"rayagg: {signal.Signals(signum).name}: stopping after the rounds in flight "
-                   "is trained, scored and checkpointed; signal again to stop at once "
+                   "are trained, scored and checkpointed; signal again to stop at once "
                    "(the last complete checkpoint is kept)")
 
     @contextlib.contextmanager

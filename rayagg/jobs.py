@@ -127,6 +127,7 @@ def connect(address: str):
     except OSError as exc:
         raise JobError(f"cannot reach Ray's job server at {url} within {CONNECT_TIMEOUT_S:g} s: {exc} "
                        "(is the head's dashboard up, and its port open to this machine?)") from exc
+    _answers(url)
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # before `import ray` (RAY_NOTES.md)
     from ray.job_submission import JobSubmissionClient
 
@@ -136,6 +137,19 @@ def connect(address: str):
         return JobSubmissionClient(url)
     except Exception as exc:  # ConnectionError, RuntimeError, auth errors from the client
         raise JobError(f"Ray's job server at {url} refused the client: {exc}") from exc
+
+
+def _answers(url: str) -> None:
+    """Returns when an HTTP server answers at ``url`` (any status: a 401 is the token's business).
+    Raises JobError when none does within CONNECT_TIMEOUT_S: Ray's client sets no timeout, so
+    a port that accepts but never answers (a wedged dashboard, the wrong service) hung it."""
+    import requests  # what Ray's client uses: the same TLS checks and proxies
+
+    try:
+        requests.get(f"{url}/api/version", timeout=CONNECT_TIMEOUT_S).close()
+    except requests.RequestException as exc:
+        raise JobError(f"Ray's job server at {url} did not answer within {CONNECT_TIMEOUT_S:g} s: {exc} "
+                       "(is it the head's dashboard port?)") from exc
 
 
 def _quiet_client_logs() -> None:

@@ -113,3 +113,4 @@ def test_tiny_run_submitted_as_a_ray_job(ray_head, quick_config, tmp_path):
     assert status[0] == 0 and f"{job_id}: SUCCEEDED" in status[1] and "exit code: 0" in status[1]
     assert "round 1/1" in logs[1] and "rayagg: done" in logs[1]
     assert unknown[0] == 2 and "no job 'raysubmit_nosuchjob'" in unknown[1]
+

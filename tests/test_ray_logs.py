@@ -48,6 +48,10 @@ def test_quiet_drops_the_token_auth_notice_only(shown):
     handler.emit = lambda record: seen.append(record.getMessage())
     auth = logging.getLogger(ray_logs.AUTH_LOGGER)
     auth.addHandler(handler)
+    # Ray's logging set-up in earlier tests of this process may have disabled or raised it.
+    disabled, level = auth.disabled, auth.level
+    auth.disabled = False
+    auth.setLevel(logging.WARNING)
     try:
         auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=...")
         auth.warning("Token authentication is disabled for this Ray cluster. Anyone with ...")
@@ -55,6 +59,7 @@ def test_quiet_drops_the_token_auth_notice_only(shown):
         auth.warning("Token authentication is enabled for this Ray cluster (verbose).")
     finally:
         auth.removeHandler(handler)
+        auth.disabled, auth.level = disabled, level
     assert seen == ["Token authentication is disabled for this Ray cluster. Anyone with ...",
                     "Token authentication is enabled for this Ray cluster (verbose)."]
 

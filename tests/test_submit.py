@@ -1,5 +1,6 @@
 """What `rayagg submit` sends and how `rayagg jobs` reads a job (rayagg/jobs.py), without Ray."""
 import shlex
+import socket
 import time
 from types import SimpleNamespace
 
@@ -73,3 +74,16 @@ def test_default_address_follows_rays_environment(monkeypatch):
     ("SUCCEEDED", 0, 0), ("FAILED", 2, 2), ("FAILED", None, 1), ("STOPPED", None, 143), ("STOPPED", 130, 130)])
 def test_wait_exits_zero_only_for_success(status, driver_exit_code, expected):
     assert jobs.exit_code(SimpleNamespace(status=status, driver_exit_code=driver_exit_code)) == expected
+
+
+def test_a_port_that_accepts_but_never_answers_fails_naming_it(monkeypatch):
+    # Ray's job client sets no timeout: without rayagg's own probe this waited forever.
+    monkeypatch.setattr(jobs, "CONNECT_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nothing ever answers
+        address = "127.0.0.1:%d" % silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(JobError, match=f"job server at http://{address} did not answer within 0.5 s"):
+            jobs.connect(address)
+    assert time.monotonic() - started < 5

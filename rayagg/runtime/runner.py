@@ -137,6 +137,8 @@ class RayRunner:
         against the manifest; no device needs to encode again) and restores every node
         that has a checkpoint."""
         self._run_dir = pathlib.Path(run_dir).resolve() if run_dir else None
+        if self._run_dir is not None:
+            self._run_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             self._tree, self._dead, self.round_index = resume.tree(self._tree), frozenset(resume.dead), resume.round
             self._left, self.checkpoint = frozenset(resume.left), resume
@@ -154,9 +156,8 @@ class RayRunner:
                                  timeout_s=self._runtime.startup_timeout_s, log=self._event,
                                  restore=self._restore, left=self._left)
         self._gcs_address = ray.get_runtime_context().gcs_address
-        if self._run_dir is not None:
+        if self._run_dir is not None:  # `rayagg scale` and `rayagg status` find the run by this record
             keep_logs(self._run_dir)
-        if self._run_dir is not None:  # `rayagg scale RUN_DIR` finds the run by this record
             rundir.write_live(self._run_dir, self._gcs_address, self.namespace, os.getpid(),
                               socket.gethostname())
         live = [node for node in self.tree.nodes if node not in self.dead]

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from rayagg import rundir
 from rayagg.config import load_config, parse_config
 from rayagg.runtime import RayRunner
 
@@ -117,7 +118,8 @@ class InspectingRunner(RayRunner):
                 "actors": list_actors(address=address, detail=True,
                                       filters=[("ray_namespace", "=", self.namespace)]),
                 "tree": self.tree, "dead": self.dead,
-                "counts": self.bridge_sample_counts(), "wire": self.wire_logs()}
+                "counts": self.bridge_sample_counts(), "wire": self.wire_logs(),
+                "live": rundir.read_live(self._run_dir) if self._run_dir else None}
         super().close()
 
 

@@ -82,6 +82,22 @@ def test_metrics_and_plot_written_and_cloud_learns(ray_run, tiny_plan, tiny_conf
     assert cloud[-1] > 0.3  # chance is 0.1
 
 
+def test_live_view_shows_every_node_where_it_runs(ray_run, tiny_plan):
+    runner, records, _ = ray_run
+    view = runner.inspected["live"]["view"]  # RUN_DIR/live.json as the run's last round left it
+    last = max(r.round for r in records)
+    assert (view["done"], view["rounds"], view["in_flight"]) == (last, last, [])
+    nodes = {row["node"]: row for row in view["nodes"]}
+    assert set(nodes) == set(tiny_plan.tree.nodes)
+    accuracy = {r.node: r.accuracy for r in records if r.round == last}
+    for node, row in nodes.items():
+        assert row["status"] == "live" and row["machine"] and row["host"] == runner.hosts.home[node]
+        assert 0 <= row["heartbeat_age_s"] < 10 and row["done"] == last
+        assert row["accuracy"] == pytest.approx(accuracy[node])
+        assert row["parent"] == (tiny_plan.tree.parent_of[node] or "")
+    assert nodes[tiny_plan.tree.root]["bridge_samples"] == sum(len(s) for s in tiny_plan.shards.values())
+
+
 def test_ray_and_in_process_driver_agree(ray_run, local_run):
     _, ray_records, _ = ray_run
     local_records, _, _ = local_run  # run with one torch thread, as every tiny actor runs

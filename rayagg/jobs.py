@@ -193,7 +193,7 @@ def exit_code(details) -> int:
     """What ``rayagg submit --wait`` exits with: 0 only for SUCCEEDED; the job driver's exit
     code for FAILED or STOPPED (2: an error rayagg named, 143: SIGTERM), else 1 for FAILED
     and 143 for STOPPED."""
-    status = str(details.status.value if hasattr(details.status, "value") else details.status)
+    status = status_of(details)
     if status == "SUCCEEDED":
         return 0
     code = details.driver_exit_code

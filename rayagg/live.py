@@ -47,13 +47,13 @@ def node_views(tree: Tree, initial: Tree, dead: frozenset[str], left: frozenset[
     for node in tree.nodes:
         status = "left" if node in left else "dead" if node in dead else "live"
         parent = tree.parent_of[node] or ""
-        started_under = initial.parent_of.get(node) if node in initial.parent_of else None
+        started_under = initial.parent_of.get(node) or ""  # "" for the root and joined nodes
         done, accuracy = scores.get(node, (0, None))
         host = host_of.get(node, "")
         views.append(NodeView(
             node, tree.tier_name(node), host, machine_of.get(host, ""), parent, status,
             joined=node not in initial.parent_of,
-            moved_from=(started_under or "") if started_under is not None and started_under != parent else "",
+            moved_from=started_under if started_under not in ("", parent) else "",
             heartbeat_age_s=ages.get(node) if status == "live" else None,
             bridge_samples=samples.get(node, 0), done=done, accuracy=accuracy))
     return views

@@ -272,6 +272,14 @@ def heartbeat(state: SupervisorState, node: str, now: float) -> SupervisorState:
     return heartbeats(state, [node], now)
 
 
+def heartbeat_ages(state: SupervisorState, now: float) -> dict[str, float]:
+    """node -> seconds of silence at ``now``, counted as :func:`decide` counts it (a node
+    never heard from since ``started_at``), for the live nodes of the tree; a restarting
+    node is left out until it is heard from, as its silence does not count yet."""
+    return {node: max(0.0, now - state.last_seen.get(node, state.started_at))
+            for node in state.tree.nodes if node not in state.dead and node not in state.starting}
+
+
 def heartbeats(state: SupervisorState, nodes: Iterable[str], now: float) -> SupervisorState:
     """Records one host actor's heartbeat arriving at ``now``: it covers every node the
     host runs (a host that dies goes silent for all of them at once). Dead nodes are

@@ -7,7 +7,7 @@ import pytest
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.supervision import (
     DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Rejoin, Reparent, Restart,
-    SupervisorState, dead_after_s, decide, describe, heartbeat, heartbeats, place, rejoin,
+    SupervisorState, dead_after_s, decide, describe, heartbeat, heartbeat_ages, heartbeats, place, rejoin,
     report_death,
 )
 from rayagg.tree import Tree
@@ -360,3 +360,14 @@ def test_a_node_that_leaves_its_host_dies_alone():
 def test_a_host_beat_covering_a_device_still_joining_records_the_others():
     state = heartbeats(make_state(), ["device-0", "device-99"], 1.0)
     assert state.last_seen["device-0"] == 1.0 and "device-99" not in state.last_seen
+
+
+def test_heartbeat_ages_count_silence_as_decide_does():
+    state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], [1, 1, 2]), 100.0)
+    state = heartbeats(state, ["cloud-0", "edge-0"], 103.0)
+    state = dataclasses.replace(state, dead=frozenset({"device-1"}))
+    ages = heartbeat_ages(state, 104.5)
+    # device-0 never heard from: silent since the start; device-1 dead: no age
+    assert ages == {"cloud-0": 1.5, "edge-0": 1.5, "device-0": 4.5}
+    assert heartbeat_ages(dataclasses.replace(state, starting=frozenset({"device-0"})), 104.5).keys() == \
+        {"cloud-0", "edge-0"}

@@ -141,7 +141,7 @@ class NodeHost:
             raise self._start_error
         context = ray.get_runtime_context()
         return {"host": self._name, "nodes": list(self._nodes), "pid": os.getpid(),
-                "hostname": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+                "ip": ray.util.get_node_ip_address(),
                 "ray_node_id": context.get_node_id(), "torch_threads": torch.get_num_threads(),
                 "device": str(self._device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb()}

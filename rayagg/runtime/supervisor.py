@@ -50,9 +50,8 @@ class SupervisorActor:
         self._state = supervision.heartbeats(self._state, nodes, time.monotonic())
 
     async def heartbeat_ages(self) -> dict[str, float]:
-        """node -> seconds since its last heartbeat, for every node heard from (live view)."""
-        now = time.monotonic()
-        return {node: now - seen for node, seen in self._state.last_seen.items()}
+        """See ``supervision.heartbeat_ages`` (the live view)."""
+        return supervision.heartbeat_ages(self._state, time.monotonic())
 
     async def report_death(self, nodes: Iterable[str]) -> None:
         """Calls to ``nodes`` failed because they died (their host, or they alone)."""

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Protoco
 from rayagg.events import Event
 from rayagg.metrics import NodeMetrics, tier_means
 
+from rayagg.supervision import heartbeat_ages
+
 if TYPE_CHECKING:
     from rayagg.supervision import SupervisorState
 
@@ -163,10 +165,9 @@ def heartbeat_rows(run: str, state: "SupervisorState", now: float) -> list[Row]:
     each tier's dead count (leavers, also in ``dead``, are not deaths)."""
     tree, rows = state.tree, []
     ages: dict[str, list[float]] = defaultdict(list)
-    for node in tree.nodes:
-        if node in state.dead or node in state.starting:
-            continue  # a dead node's age only grows: its death is counted instead
-        tier, age = tree.tier_name(node), max(0.0, now - state.last_seen.get(node, state.started_at))
+    # A dead node has no age (it only grows): its death is counted instead.
+    for node, age in heartbeat_ages(state, now).items():
+        tier = tree.tier_name(node)
         ages[tier].append(age)
         if not tree.is_leaf(node):
             rows.append(Row("rayagg_heartbeat_age_seconds", age, {"run": run, "tier": tier, "node": node}))

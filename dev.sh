@@ -45,7 +45,7 @@ ensure_data() {
   [ -e "$FMNIST/train-images-idx3-ubyte.gz" ] && return
   if can_apt && apt_install dataset-fashion-mnist; then say "installed dataset-fashion-mnist"; return; fi
   say "apt unavailable: downloading Fashion-MNIST with torchvision"
-  "$VENV/bin/python" -c "from rayagg.data import load_dataset; load_dataset('fashion-mnist', download=True)"
+  "$VENV/bin/python" -c "from rayagg.learning.data import load_dataset; load_dataset('fashion-mnist', download=True)"
 }
 
 case "${1:-}" in
@@ -53,8 +53,8 @@ case "${1:-}" in
   demo) ensure_venv; ensure_data; shift
         exec "$VENV/bin/rayagg" run jobs/configs/demo.yaml --out runs/demo "$@" ;;
   test) ensure_venv; ensure_data; shift
-        # Arguments replace the default target: ./dev.sh test tests/test_tree.py
-        [ $# -gt 0 ] || set -- tests
+        # ARGS go to pytest (its testpaths default to tests/): ./dev.sh test -m "not ray",
+        # ./dev.sh test tests/test_tree.py
         exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""Runs the demo and prints the README's demo table, with the commit it was measured at.
+"""Runs the demo and prints the demo table of docs/benchmarks.md, with the commit it was measured at.
 
 Usage: .venv/bin/python benchmarks/demo_table.py [--config jobs/configs/demo.yaml] [--run-dir DIR]
 Without --run-dir it runs `rayagg run CONFIG --out runs/demo-table --overwrite` on a local
@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rayagg.config import load_config  # noqa: E402
-from rayagg.metrics import read_metrics, tier_means  # noqa: E402
+from rayagg.rundir.metrics import read_metrics, tier_means
 
 
 def commit() -> str:

@@ -17,8 +17,8 @@ import tempfile
 import time
 
 from rayagg.config import load_config
-from rayagg.events import read_events
-from rayagg.metrics import read_metrics, tier_means
+from rayagg.rundir.events import read_events
+from rayagg.rundir.metrics import read_metrics, tier_means
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RAYAGG = pathlib.Path(sys.executable).parent / "rayagg"

@@ -13,14 +13,38 @@ import pathlib
 import tempfile
 import threading
 import time
+from typing import Optional
 
 import ray
 
 from rayagg.config import load_config
-from rayagg.metrics import tier_means
-from rayagg.plan import make_plan
-from rayagg.run import execute
-from rayagg.runtime import RayRunner
+from rayagg.core.events import Event, EventKind
+from rayagg.rundir.metrics import tier_means
+from rayagg.learning.plan import make_plan
+from rayagg.loop import execute
+from rayagg.observe import Progress, RunObserver
+from rayagg.runtime.runner import RayRunner
+
+
+class KillAndWatch(RunObserver):
+    """Kills ``node``'s actor ``delay_s`` after round ``round_index`` is first submitted
+    (in a timer thread: the run goes on meanwhile) and keeps every event."""
+
+    def __init__(self, runner: RayRunner, node: Optional[str], round_index: int, delay_s: float):
+        self.runner, self.node, self.round_index, self.delay_s = runner, node, round_index, delay_s
+        self.events: list[Event] = []
+        self.killed_at: Optional[float] = None
+
+    def round_submitted(self, round_index, steps, attempt) -> None:
+        if self.node and round_index == self.round_index and attempt == 1:
+            threading.Timer(self.delay_s, self._kill).start()
+
+    def _kill(self) -> None:
+        self.killed_at = time.monotonic()
+        ray.kill(self.runner.actors[self.node], no_restart=True)
+
+    def event(self, event: Event) -> None:
+        self.events.append(event)
 
 
 def main() -> None:
@@ -35,25 +59,16 @@ def main() -> None:
     if args.replace:
         config = config.with_changes(supervision={"replace_dead": True})
     runner = RayRunner(make_plan(config))
-    killed = {}
-
-    def killer() -> None:
-        while runner.round_index < args.round:
-            time.sleep(0.05)
-        time.sleep(args.delay)
-        killed["at"] = time.monotonic()
-        ray.kill(runner.actors[args.node], no_restart=True)
-
-    if args.node:
-        threading.Thread(target=killer, daemon=True).start()
+    watch = KillAndWatch(runner, args.node, args.round, args.delay)
     out = pathlib.Path(tempfile.mkdtemp(prefix="rayagg-failure-"))
-    records = execute(runner, out, echo=print)
-    for event in runner.events:
-        print(f"  +{event.monotonic_s - killed.get('at', event.monotonic_s):6.2f} s  {event.detail}")
-    dead = [e for e in runner.events if e.kind == "declare_dead"]
-    retry = [e for e in runner.events if e.kind == "retry"]
-    if dead:
-        print(f"detection latency: {dead[0].monotonic_s - killed['at']:.2f} s")
+    records = execute(runner, out, observers=[Progress(), watch])
+    killed = watch.killed_at
+    for event in watch.events:
+        print(f"  +{event.monotonic_s - (killed or event.monotonic_s):6.2f} s  {event.detail}")
+    dead = [e for e in watch.events if e.kind == EventKind.DECLARE_DEAD]
+    retry = [e for e in watch.events if e.kind == EventKind.RETRY]
+    if dead and killed is not None:
+        print(f"detection latency: {dead[0].monotonic_s - killed:.2f} s")
     if dead and retry:
         print(f"declared dead -> retry submitted (re-parenting or replacement, incl. sample transfer): "
               f"{retry[0].monotonic_s - dead[0].monotonic_s:.2f} s")

@@ -3,7 +3,7 @@
 Usage: .venv/bin/python benchmarks/scale.py CONFIG [--rounds 2]
 e.g.   .venv/bin/python benchmarks/scale.py jobs/configs/paper-fmnist.yaml --rounds 2
 
-Prints, for the README's "Scale" table:
+Prints, for the "Scale" tables of docs/benchmarks.md:
 * peak memory of the whole run above idle: the machine's used memory (MemTotal -
   MemAvailable, sampled every 0.2 s) less what was used before Ray started;
 * every host actor's resident memory after the last round, and per packed node: the
@@ -23,10 +23,11 @@ import time
 import ray
 
 from rayagg.config import load_config
-from rayagg.plan import make_plan
-from rayagg.run import execute
-from rayagg.runtime import RayRunner
-from rayagg.runtime.host import NodeHost
+from rayagg.learning.plan import make_plan
+from rayagg.loop import execute
+from rayagg.runtime.runner import RayRunner
+from rayagg.observe import RunObserver
+from rayagg.runtime.host import HostReport, NodeHost
 
 MB = 2**20
 
@@ -52,34 +53,31 @@ class Sampler:
         self._stop.set()
 
 
-class MeasuredRunner(RayRunner):
-    """Marks start-up and rounds, and reads every host's memory before closing."""
+class Measure(RunObserver):
+    """Marks start-up and rounds, and reads every host's memory before the runtime closes."""
 
-    def connect(self) -> None:
+    def __init__(self, runner: RayRunner):
+        self.runner = runner
         self.marks = {"ray_start": time.monotonic()}
         self.round_s: list[float] = []
-        super().connect()
+        self.hosts_now: dict[str, HostReport] = {}
+        self.empty_mb: dict[str, float] = {}
 
-    def submit_round(self, round_index, checkpoint_dir=None, attempt=1) -> None:
+    def round_submitted(self, round_index, steps, attempt) -> None:
         self.marks.setdefault("first_round", time.monotonic())
-        super().submit_round(round_index, checkpoint_dir, attempt)
 
-    def collect_round(self):
-        result = super().collect_round()
+    def round_collected(self, result, records) -> None:
         self.round_s.append(result.seconds)
-        return result
 
-    def close(self) -> None:
-        timeout_s = self.plan.config.runtime.startup_timeout_s
-        self.hosts_now = dict(zip(self.hosts.handles, ray.get(
-            [handle.ready.remote() for handle in self.hosts.handles.values()], timeout=timeout_s)))
-        self.empty_mb = {}
-        for name, layout in self.hosts.layout.items():
+    def run_finished(self, outcome) -> None:
+        runner, timeout_s = self.runner, self.runner.plan.config.runtime.startup_timeout_s
+        self.hosts_now = dict(zip(runner.hosts.handles, ray.get(
+            [handle.ready.remote() for handle in runner.hosts.handles.values()], timeout=timeout_s)))
+        for name, layout in runner.hosts.layout.items():
             if len(layout.nodes) > 1 and layout.tier not in self.empty_mb:
-                empty = NodeHost.options(num_cpus=0, namespace=self.namespace).remote(ray.put(self.plan), name, [])
-                self.empty_mb[layout.tier] = ray.get(empty.ready.remote(), timeout=timeout_s)["rss_mb"]
+                empty = NodeHost.options(num_cpus=0, namespace=runner.namespace).remote(ray.put(runner.plan), name, [])
+                self.empty_mb[layout.tier] = ray.get(empty.ready.remote(), timeout=timeout_s).rss_mb
                 ray.kill(empty)
-        super().close()
 
 
 def main() -> None:
@@ -91,30 +89,29 @@ def main() -> None:
     plan = make_plan(config)  # outside the measurement: the autoencoder may pretrain here
     idle_mb = used_mb()
     sampler = Sampler()
-    runner = MeasuredRunner(plan)
-    records = execute(runner, pathlib.Path(tempfile.mkdtemp(prefix="rayagg-scale-")), echo=lambda line: None)
+    runner = RayRunner(plan)
+    measure = Measure(runner)
+    records = execute(runner, pathlib.Path(tempfile.mkdtemp(prefix="rayagg-scale-")), observers=[measure])
     sampler.stop()
-    report(config, runner, records, idle_mb, sampler.peak_mb)
+    report(config, runner.tree, runner.hosts.layout, measure, records, idle_mb, sampler.peak_mb)
 
 
-def report(config, runner, records, idle_mb: float, peak_mb: float) -> None:
-    tree = runner.tree
+def report(config, tree, layout, measure: Measure, records, idle_mb: float, peak_mb: float) -> None:
     print(f"{config.name}: {len(tree.nodes)} nodes "
           f"({', '.join(f'{len(tree.nodes_of_tier(i))} {t}' for i, t in enumerate(tree.tier_names))}), "
-          f"{len(runner.hosts_now)} host actors")
+          f"{len(measure.hosts_now)} host actors")
     print(f"nodes in metrics: {len({r.node for r in records})} of {len(tree.nodes)}")
     print(f"peak memory above idle: {(peak_mb - idle_mb) / 1024:.2f} GB (idle {idle_mb / 1024:.2f} GB)")
-    print(f"start-up (Ray start -> first round): {runner.marks['first_round'] - runner.marks['ray_start']:.1f} s")
-    for host, info in runner.hosts_now.items():
-        tier = runner.hosts.layout[host].tier
-        nodes = len(info["nodes"])
-        line = f"  {host:<16} {nodes:>4} nodes  rss {info['rss_mb']:7.0f} MB  peak {info['peak_rss_mb']:7.0f} MB"
-        if tier in runner.empty_mb and nodes:
-            per_node = (info["rss_mb"] - runner.empty_mb[tier]) / nodes
-            line += f"  empty host {runner.empty_mb[tier]:.0f} MB, {per_node:.2f} MB per node"
+    print(f"start-up (Ray start -> first round): {measure.marks['first_round'] - measure.marks['ray_start']:.1f} s")
+    for host, info in measure.hosts_now.items():
+        tier, nodes = layout[host].tier, len(info.nodes)
+        line = f"  {host:<16} {nodes:>4} nodes  rss {info.rss_mb:7.0f} MB  peak {info.peak_rss_mb:7.0f} MB"
+        if tier in measure.empty_mb and nodes:
+            per_node = (info.rss_mb - measure.empty_mb[tier]) / nodes
+            line += f"  empty host {measure.empty_mb[tier]:.0f} MB, {per_node:.2f} MB per node"
         print(line)
     root = tree.root
-    for index, seconds in enumerate(runner.round_s, 1):
+    for index, seconds in enumerate(measure.round_s, 1):
         work = {tier: sum(r.seconds for r in records if r.round == index and r.tier == tier)
                 for tier in tree.tier_names}
         others = ", ".join(f"{tier} {work[tier]:.1f} s" for tier in tree.tier_names[1:])

@@ -9,8 +9,8 @@ import tempfile
 
 from rayagg.config import load_config
 from rayagg.driver import LocalRunner
-from rayagg.plan import load_data, make_plan
-from rayagg.run import execute
+from rayagg.learning.plan import load_data, make_plan
+from rayagg.loop import execute
 
 VARIANTS = [
     {"beta": 10.0, "teacher_mode": "train"},
@@ -31,7 +31,7 @@ def main() -> None:
         config = base.with_changes(training={**variant, "rounds": args.rounds})
         dataset = load_data(config)
         records = execute(LocalRunner(make_plan(config, dataset), dataset),
-                          pathlib.Path(tempfile.mkdtemp()), echo=lambda line: None)
+                          pathlib.Path(tempfile.mkdtemp()))
         last = [r for r in records if r.round == args.rounds]
         mean = lambda tier: 100 * sum(r.accuracy for r in last if r.tier == tier) / len(
             [r for r in last if r.tier == tier])

@@ -38,8 +38,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rayagg import protocol
-from rayagg.models import BUILTIN_MODELS, build_model
+from rayagg.learning import protocol
+from rayagg.learning.models import BUILTIN_MODELS, build_model
 
 BATCH = 8
 CLASSES = 10

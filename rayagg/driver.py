@@ -1,28 +1,28 @@
 """The sequential in-process driver: the whole tree in one process, no Ray.
 
 It runs exactly the steps the Ray runtime submits (``schedule.round_steps``: the pairs
-in post-order, child first within a pair), one at a time, so it is the reference the
-runtime is tested and benchmarked against. It is also the quickest way to try a config
-on a laptop.
+in post-order, child first within a pair, then every node's evaluation and, when due,
+its checkpoint), one at a time, so it is the reference the runtime is tested and
+benchmarked against. It is also the quickest way to try a config on a laptop.
 """
 from __future__ import annotations
 
 import pathlib
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from rayagg import checkpoint
-from rayagg.data import Dataset
+from rayagg.core.membership import Change
+from rayagg.core.schedule import EVALUATE, LOGITS, SAVE, RoundResult, Scores, Step, round_steps
+from rayagg.core.tree import Tree
 from rayagg.errors import ConfigError, TrainingError
-from rayagg.events import Event
-from rayagg.membership import Change
-from rayagg.node import NodeState
-from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data
-from rayagg.rundir import RunState
-from rayagg.schedule import LOGITS, RoundResult, round_steps
-from rayagg.tree import Tree
+from rayagg.learning.data import Dataset
+from rayagg.learning.node import NodeState
+from rayagg.learning.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data
+from rayagg.observe import Observers
+from rayagg.rundir import checkpoint
+from rayagg.rundir.manifest import RunState, checkpoint_file
 
 
 class LocalRunner:
@@ -45,18 +45,23 @@ class LocalRunner:
         self.nodes: dict[str, NodeState] = {}
         self.dead: frozenset[str] = frozenset()  # no failures in one process
         self.left: frozenset[str] = frozenset()  # nor devices leaving
-        self.events: list[Event] = []
+        self.observers = Observers()
         self.round_index = 0
         self.checkpoint: Optional[RunState] = None
         self.bridge_stores: list[pathlib.Path] = []  # leaves encode again on resume
         self._done: list[RoundResult] = []  # rounds run, not yet collected
 
+    max_rounds_in_flight = 1  # one process: a round runs whole when submitted
+    tree_changing = False
+
     def connect(self) -> None:
         """Nothing to connect to: everything runs in this process."""
 
-    def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None) -> None:
+    def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None,
+              observers: Optional[Observers] = None) -> None:
         """Builds every node (restored from the resumed checkpoint, where it has one); each
         leaf encodes once and its bridge samples go to every ancestor."""
+        self.observers = observers if observers is not None else Observers()
         frozen = frozen_autoencoder(self.plan)
         self.nodes = {node: build_node(self.plan, node, self._local(node), frozen=frozen)
                       for node in self.tree.nodes}
@@ -84,53 +89,52 @@ class LocalRunner:
     def rebalance(self, round_index: int, busy_s: dict[str, float]) -> None:
         raise ConfigError("the in-process driver does not rebalance (see __init__)")
 
-    max_rounds_in_flight = 1  # one process: a round runs whole when submitted
-    tree_changing = False
-
     @property
     def rounds_pending(self) -> list[int]:
         return [result.round for result in self._done]
 
     def submit_round(self, round_index: int, checkpoint_dir: Optional[pathlib.Path] = None) -> None:
-        """Runs the round's pairs (rayagg/schedule.py), scores every node and, with
-        ``checkpoint_dir``, checkpoints it; :meth:`collect_round` returns the result.
-        TrainingError (a diverged node) names the round too."""
+        """Runs the round's steps (rayagg/core/schedule.py) one after another; with
+        ``checkpoint_dir`` each node checkpoints right after its evaluation.
+        :meth:`collect_round` returns the result. TrainingError (a diverged node) names
+        the round too."""
         started = time.perf_counter()
         self.round_index = round_index
+        steps = round_steps(self.tree, self.tree.leaves, scored=self.tree.nodes, save=checkpoint_dir is not None)
+        self.observers.round_submitted(round_index, steps, 1)
         logits: dict[int, torch.Tensor] = {}
+        values: dict[tuple[str, str], Any] = {}
         try:
-            for index, step in enumerate(round_steps(self.tree, self.tree.leaves)):
-                node, leaves = self.nodes[step.node], list(step.leaves)
+            for index, step in enumerate(steps):
+                value = self._run(step, logits.pop(step.teacher) if step.teacher is not None else None,
+                                  checkpoint_dir)
                 if step.call == LOGITS:
-                    logits[index] = node.logits(leaves)
-                else:
-                    node.learn(leaves, logits.pop(step.teacher))
+                    logits[index] = value
+                values[step.node, step.call] = value
+                self.observers.step_finished(round_index, step.node, step.call, value)
         except TrainingError as exc:
             raise TrainingError(f"round {round_index}: {exc}") from exc
-        scores = self.evaluate()
-        saved = self.save_checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
-        self._done.append(RoundResult(round_index, scores, saved, time.perf_counter() - started))
+        by_call = lambda call: {node: v for (node, name), v in values.items() if name == call}
+        saved = by_call(SAVE) if checkpoint_dir is not None else None
+        self._done.append(RoundResult(round_index, by_call(EVALUATE), saved, time.perf_counter() - started))
+
+    def _run(self, step: Step, teacher: Optional[torch.Tensor], checkpoint_dir: Optional[pathlib.Path]) -> Any:
+        node = self.nodes[step.node]
+        if step.call == LOGITS:
+            return node.logits(list(step.leaves))
+        if step.call == EVALUATE:
+            return Scores(*node.evaluate(*self._test), node.take_work_s())
+        if step.call == SAVE:
+            return checkpoint.save(node.state_dict(), checkpoint_file(checkpoint_dir, step.node))
+        return node.learn(list(step.leaves), teacher)
 
     def collect_round(self) -> RoundResult:
         return self._done.pop(0)
 
-    def report_round(self, records: list, result: RoundResult) -> None:
-        """Nothing to export: an in-process run has no metrics endpoint."""
-
-    def evaluate(self) -> dict[str, tuple[float, float, float]]:
-        """Returns node -> (accuracy, loss, seconds of training work this round)."""
-        images, labels = self._test
-        return {node: (*state.evaluate(images, labels), state.take_work_s())
-                for node, state in self.nodes.items()}
-
-    def bridge_sample_counts(self) -> dict[str, int]:
-        return {node: state.bridge_sample_count for node, state in self.nodes.items()}
-
     def save_checkpoints(self, directory: pathlib.Path) -> dict[str, str]:
         """Writes every node's checkpoint to ``directory``; returns node -> SHA-256."""
-        return {node: checkpoint.save(state.state_dict(), directory / f"{node}.pt")
+        return {node: checkpoint.save(state.state_dict(), checkpoint_file(directory, node))
                 for node, state in self.nodes.items()}
 
     def close(self) -> None:
         self.nodes = {}
-

@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny config with a private autoencoder cache, its data and plan."""
+"""Shared fixtures: the tiny config with a private autoencoder cache, its data and plan;
+a local Ray per module for the tests marked ``ray``. Imports no Ray: the tests without
+that marker must not import or start it (checked after each of them)."""
 import pathlib
 import subprocess
 import sys
@@ -6,11 +8,27 @@ import time
 
 import pytest
 
-from rayagg import rundir
 from rayagg.config import load_config, parse_config
-from rayagg.runtime import RayRunner
+from rayagg.observe import RunObserver
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_marked(request, monkeypatch):
+    """A test without the ``ray`` marker may neither start Ray nor import it: the marker
+    is what lets ``-m "not ray"`` run everything else quickly and without Ray."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+    imported = "ray" in sys.modules
+    if imported:
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts Ray: mark it with @pytest.mark.ray")
+        monkeypatch.setattr(sys.modules["ray"], "init", refuse)
+    yield
+    assert imported or "ray" not in sys.modules, \
+        f"{request.node.nodeid} imports Ray: mark it with @pytest.mark.ray"
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +55,29 @@ def quick_config(tiny_config):
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_config):
-    from rayagg.plan import load_data
+    from rayagg.learning.plan import load_data
 
     return load_data(tiny_config)
 
 
 @pytest.fixture(scope="session")
 def tiny_plan(tiny_config, tiny_dataset):
-    from rayagg.plan import make_plan
+    from rayagg.learning.plan import make_plan
 
     return make_plan(tiny_config, tiny_dataset)
+
+
+class LocalInspector(RunObserver):
+    """What the in-process run held when it ended: each node's bridge-sample count and
+    model identity."""
+
+    def __init__(self, runner):
+        self.runner, self.inspected = runner, {}
+
+    def run_finished(self, outcome):
+        nodes = self.runner.nodes
+        self.inspected["counts"] = {node: state.bridge_sample_count for node, state in nodes.items()}
+        self.inspected["models"] = [id(state.model) for state in nodes.values()]
 
 
 @pytest.fixture(scope="session")
@@ -60,26 +91,18 @@ def local_run(tiny_plan, tiny_dataset, tmp_path_factory):
     import torch
 
     from rayagg.driver import LocalRunner
-    from rayagg.run import execute
+    from rayagg.loop import execute
 
     runner = LocalRunner(tiny_plan, tiny_dataset)
     out = tmp_path_factory.mktemp("local-run")
-    inspected = {}
-    close = runner.close
-
-    def inspect_then_close():
-        inspected["counts"] = runner.bridge_sample_counts()
-        inspected["models"] = [id(state.model) for state in runner.nodes.values()]
-        close()
-
-    runner.close = inspect_then_close
+    inspector = LocalInspector(runner)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        records = execute(runner, out, echo=lambda line: None)
+        records = execute(runner, out, observers=[inspector])
     finally:
         torch.set_num_threads(threads)
-    return records, inspected, out
+    return records, inspector.inspected, out
 
 
 @pytest.fixture(scope="module")
@@ -101,26 +124,41 @@ def packed(config, **nodes_per_actor):
     return config.with_changes(tree={"tiers": tiers})
 
 
-class InspectingRunner(RayRunner):
-    """Records what the tests check while the hosts are still alive, then closes: the
-    run's Ray actors (needs the dashboard), tree, dead set, bridge-sample counts and wire
-    logs."""
+class Inspector(RunObserver):
+    """Records what the tests check while a Ray run's hosts are still alive: the run's Ray
+    actors (needs the dashboard), tree, dead set, bridge-sample counts, wire logs and
+    live record."""
 
-    def close(self):
-        if self.recovery is not None and self.hosts.handles:
-            import ray
-            from ray.util.state import list_actors
+    def __init__(self, runner):
+        self.runner, self.inspected = runner, {}
 
-            # This run's cluster by address: without one, the state API refuses to choose
-            # when another Ray runs on the machine (a second test session, a demo).
-            address = ray.get_runtime_context().gcs_address
-            self.inspected = {
-                "actors": list_actors(address=address, detail=True,
-                                      filters=[("ray_namespace", "=", self.namespace)]),
-                "tree": self.tree, "dead": self.dead,
-                "counts": self.bridge_sample_counts(), "wire": self.wire_logs(),
-                "live": rundir.read_live(self._run_dir) if self._run_dir else None}
-        super().close()
+    def run_finished(self, outcome):
+        import ray
+        from ray.util.state import list_actors
+
+        from rayagg.rundir.live import read_live
+
+        runner = self.runner
+        if runner.recovery is None or not runner.hosts.handles:
+            return
+        # This run's cluster by address: without one, the state API refuses to choose
+        # when another Ray runs on the machine (a second test session, a demo).
+        address = ray.get_runtime_context().gcs_address
+        self.inspected.update(
+            actors=list_actors(address=address, detail=True, filters=[("ray_namespace", "=", runner.namespace)]),
+            tree=runner.tree, dead=runner.dead,
+            counts=runner.hosts.ask(runner.live_nodes, "bridge_sample_count"),
+            wire=runner.hosts.ask(runner.live_nodes, "wire_log"),
+            live=read_live(runner.run_dir) if runner.run_dir else None)
+
+
+def inspected_run(runner, out, **kwargs):
+    """``execute(runner, out)`` with an :class:`Inspector`; returns (records, inspected)."""
+    from rayagg.loop import execute
+
+    inspector = Inspector(runner)
+    records = execute(runner, out, observers=[inspector, *kwargs.pop("observers", [])], **kwargs)
+    return records, inspector.inspected
 
 
 def signal_a_run(argv, out, signals, gap_s=0.2, timeout_s=240):

@@ -1,4 +1,4 @@
-"""Tests of rayagg.autoencoder: shapes, pretraining, hash-checked save/load, cache, no-grad decode."""
+"""Tests of rayagg.learning.autoencoder: shapes, pretraining, hash-checked save/load, cache, no-grad decode."""
 from __future__ import annotations
 
 import hashlib
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from rayagg import autoencoder as ae
+from rayagg.learning import autoencoder as ae
 from rayagg.errors import CheckpointError, ConfigError
 from rayagg.files import file_sha256
-from rayagg.models import build_model, count_parameters
+from rayagg.learning.models import build_model, count_parameters
 
 SHAPES = [(1, 28), (3, 32)]
 

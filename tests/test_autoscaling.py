@@ -18,6 +18,11 @@ import sys
 import time
 from dataclasses import replace
 
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 IDLE_S = 5
 
@@ -57,8 +62,8 @@ def scenario(out: pathlib.Path, cache_dir: str) -> dict:
     from fake_autoscaler import alive_worker_count, fake_autoscaling_cluster, wait_for
 
     import rayagg
-    from rayagg.plan import make_plan
-    from rayagg.runtime import RayRunner
+    from rayagg.learning.plan import make_plan
+    from rayagg.runtime.runner import RayRunner
 
     config = elastic_on_autoscaled_devices(cache_dir)
     plan = replace(make_plan(config), config=config)

@@ -1,4 +1,4 @@
-"""Load balancing as pure code (rayagg/balance.py and its use in rayagg/supervision.py):
+"""Load balancing as pure code (rayagg/core/balance.py and its use in rayagg/core/supervision.py):
 synthetic loads in, moves out. No Ray, no torch, no clock but plain floats."""
 import dataclasses
 import pathlib
@@ -6,16 +6,14 @@ import pathlib
 import numpy as np
 import pytest
 
-from rayagg.balance import (
-    POLICIES, LabelBalance, LeastBusy, LeastSamples, Limits, Loads, Move, Policy, initial_tree, loads_of,
-    policy_named, subtree_labels,
-)
 from rayagg.config import BALANCE_POLICIES, BalanceConfig, load_config, parse_config
+from rayagg.core.actions import Join, Rebalance, Rejoin, Reparent
+from rayagg.core.balance import (BalancingPolicy, LabelBalance, LeastBusy, LeastSamples, Limits, initial_tree,
+                                 policy_named)
+from rayagg.core.loads import Loads, Move, loads_of, subtree_labels
+from rayagg.core.supervision import SupervisorState, decide, join, rebalance, rejoin, report_death
+from rayagg.core.tree import Tree
 from rayagg.errors import ConfigError
-from rayagg.supervision import (
-    Join, Rebalance, Rejoin, Reparent, SupervisorState, decide, join, rebalance, rejoin, report_death,
-)
-from rayagg.tree import Tree
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 TIERS = ["cloud", "edge", "device"]
@@ -83,8 +81,8 @@ def make_state(counts=(1, 3, 9), samples=10, policy="none", limits=Limits(), coo
     tree = Tree.balanced(TIERS, counts)
     leaves = tree.nodes_of_tier(len(counts) - 1)
     per_leaf = samples if isinstance(samples, dict) else {leaf: samples for leaf in leaves}
-    return SupervisorState.start(tree, 0.0, load=subtree_load(tree, per_leaf),
-                                 balancing=policy_named(policy, limits), cooldown=cooldown, labels=labels)
+    return SupervisorState.start(tree, 0.0, load=subtree_load(tree, per_leaf), labels=labels,
+                                 balancing=policy_named(policy, dataclasses.replace(limits, cooldown=cooldown)))
 
 
 def check_loads_consistent(state):
@@ -99,8 +97,7 @@ def check_loads_consistent(state):
 
 
 def test_every_policy_is_named_and_the_config_offers_the_same_ones():
-    assert BALANCE_POLICIES == POLICIES
-    for name in POLICIES:
+    for name in BALANCE_POLICIES:
         policy = policy_named(name, Limits(max_moves=5))
         assert policy.name == name and policy.limits.max_moves == 5
     with pytest.raises(ValueError, match="fastest"):
@@ -109,7 +106,8 @@ def test_every_policy_is_named_and_the_config_offers_the_same_ones():
 
 def test_limits_defaults_match_the_config_defaults():
     config = BalanceConfig()
-    assert Limits() == Limits(config.max_moves, config.threshold, config.min_gain)
+    assert Limits() == Limits.of(config) == Limits(config.max_moves, config.threshold, config.min_gain,
+                                                   config.cooldown)
 
 
 # ------------------------------------------------------------------ each policy on synthetic loads
@@ -266,7 +264,7 @@ def test_only_movable_devices_move():
 # ------------------------------------------------------------------ flapping
 
 
-@pytest.mark.parametrize("name", POLICIES[1:])
+@pytest.mark.parametrize("name", BALANCE_POLICIES[1:])
 @pytest.mark.parametrize("seed", range(6))
 def test_fixed_measurements_reach_a_fixed_point(name, seed):
     """Applying the moves and asking again never revisits an assignment: the even-load
@@ -364,7 +362,7 @@ def test_the_initial_tree_of_none_is_the_configured_one():
     assert initial_tree(tree, policy_named("none"), samples, {}) is tree
 
 
-@pytest.mark.parametrize("name", POLICIES[1:])
+@pytest.mark.parametrize("name", BALANCE_POLICIES[1:])
 @pytest.mark.parametrize("counts", [(1, 3, 9), (1, 2, 4, 8), (1, 3, 8)])
 def test_the_initial_tree_places_every_leaf_once_under_the_tier_above(name, counts):
     names = ["cloud", "region", "edge", "device"] if len(counts) == 4 else TIERS
@@ -552,7 +550,7 @@ def test_held_samples_of_dead_devices_count_and_follow_moves():
     assert loads.parent_samples("edge-0") == 50
     after = loads.with_move(Move("device-0", "edge-0", "edge-1"))
     assert samples_of(after) == {"edge-0": 40, "edge-1": 20}
-    assert Policy().place(loads, "device-9", 5) == "edge-1"
+    assert BalancingPolicy().place(loads, "device-9", 5) == "edge-1"
 
 
 # ------------------------------------------------------------------ config
@@ -611,7 +609,7 @@ def test_a_bad_slowdown_is_rejected(slowdown, message):
 
 
 def test_the_balance_test_table_compares_each_policy_with_none_over_seeds():
-    from rayagg.balance_bench import PolicyResult, table
+    from rayagg.tools.balance_test import PolicyResult, table
 
     results = [PolicyResult("none", seed, 5, seconds, 1.8, 0, accuracy, "-")
                for seed, seconds, accuracy in [(0, 10.0, 0.70), (1, 12.0, 0.72)]]
@@ -626,7 +624,7 @@ def test_the_balance_test_table_compares_each_policy_with_none_over_seeds():
 
 
 def test_balance_test_names_unknown_policies():
-    from rayagg.balance_bench import parse_policies
+    from rayagg.tools.balance_test import parse_policies
 
     assert parse_policies("none, least-busy") == ["none", "least-busy"]
     with pytest.raises(ConfigError, match="unknown fastest; choose from none, round-robin"):
@@ -636,7 +634,7 @@ def test_balance_test_names_unknown_policies():
 def test_the_edges_load_is_found_in_rows_of_any_order():
     import random
 
-    from rayagg.metrics import NodeMetrics, balanced_tier, imbalance, tier_order
+    from rayagg.rundir.metrics import NodeMetrics, balanced_tier, imbalance, tier_order
 
     tree = Tree.balanced(["cloud", "edge", "device"], [1, 2, 4])
     busy = {"cloud-0": 9.0, "edge-0": 6.0, "edge-1": 2.0, **{f"device-{i}": 0.1 for i in range(4)}}

@@ -12,13 +12,19 @@ import pathlib
 import pytest
 import ray
 from click.testing import CliRunner
-from conftest import InspectingRunner, packed
+from conftest import inspected_run, packed
 
 from rayagg.cli import main
-from rayagg.events import read_events
-from rayagg.metrics import read_metrics
-from rayagg.plan import make_plan
-from rayagg.run import execute
+from rayagg.core.events import EventKind
+from rayagg.learning.plan import make_plan
+from rayagg.observe import RunObserver
+from rayagg.rundir.events import read_events
+from rayagg.rundir.metrics import read_metrics
+from rayagg.runtime.faults import FaultAt
+from rayagg.runtime.runner import RayRunner
+
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
@@ -64,38 +70,36 @@ def test_balance_test_compares_policies_and_records_each_edges_load(ray_session,
     assert f"edge-1     {edge1.children:>4} children  {edge1.bridge_samples:>7} bridge samples" in shown, shown
 
 
-class KillDuringMove(InspectingRunner):
-    """Kills the edge receiving a rebalanced device as soon as its samples are sent to it."""
+class KillDuringMove(RunObserver):
+    """Kills the edge receiving a rebalanced device as soon as its samples are sent to it:
+    the rebalance event arms it (an observer), the fault hook fires on the next
+    add_bridge_samples call submitted."""
 
-    killed = None
+    def __init__(self):
+        self.runner, self.armed, self.killed = None, False, None
 
-    def rebalance(self, round_index, busy_s):
-        send = self.hosts.call
+    def event(self, event):
+        self.armed = self.armed or event.kind == EventKind.REBALANCE
 
-        def send_then_kill(node, method, *args):
-            submitted = send(node, method, *args)
-            if method == "add_bridge_samples" and self.killed is None:
-                self.killed = node
-                ray.kill(self.actors[node], no_restart=True)
-            return submitted
-        self.hosts.call = send_then_kill
-        try:
-            super().rebalance(round_index, busy_s)
-        finally:
-            del self.hosts.call  # the class's method again
+    def fault(self, point):
+        if point.at == FaultAt.CALL_SUBMITTED and point.method == "add_bridge_samples" and self.armed \
+                and self.killed is None:
+            self.killed = point.node
+            ray.kill(self.runner.actors[point.node], no_restart=True)
 
 
 def test_an_edge_killed_during_a_move_loses_no_bridge_sample(ray_session, config, tiny_dataset, tmp_path):
     plan = make_plan(config, tiny_dataset)
-    runner = KillDuringMove(plan)
-    records = execute(runner, tmp_path / "run", echo=lambda line: None)
-    assert runner.killed == "edge-1"
+    killer = KillDuringMove()
+    killer.runner = runner = RayRunner(plan, faults=killer.fault)
+    records, inspected = inspected_run(runner, tmp_path / "run", observers=[killer])
+    assert killer.killed == "edge-1"
     kinds = [e.kind for e in read_events(tmp_path / "run" / "events.parquet")]
     assert "rebalance" in kinds and kinds.index("rebalance") < kinds.index("declare_dead")
     assert sorted({r.round for r in records}) == [1, 2]
     # Every device's samples are with the root and with edge-0, which adopted them all.
     total = sum(shard_sizes(plan).values())
-    counts = runner.inspected["counts"]
+    counts = inspected["counts"]
     assert counts["cloud-0"] == total and counts["edge-0"] == total
-    assert runner.inspected["dead"] == {"edge-1"}
-    assert all(runner.inspected["tree"].parent_of[d] == "edge-0" for d in plan.shards)
+    assert inspected["dead"] == {"edge-1"}
+    assert all(inspected["tree"].parent_of[d] == "edge-0" for d in plan.shards)

@@ -9,14 +9,16 @@ import pytest
 from click.testing import CliRunner
 from conftest import signal_a_run
 
-from rayagg import store
+from rayagg.rundir import store
 from rayagg.cli import main
-from rayagg.events import Event, write_events
+from rayagg.core.events import Event
+from rayagg.rundir.events import write_events
 from rayagg.files import file_sha256
-from rayagg.node import BridgeSamples
-from rayagg.plan import make_plan
+from rayagg.learning.node import BridgeSamples
+from rayagg.learning.plan import make_plan
 from rayagg.errors import ConfigError
-from rayagg.rundir import RunState, check_resumable_config
+from rayagg.rundir.manifest import RunState
+from rayagg.rundir.resume import check_resumable_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 

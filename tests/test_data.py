@@ -1,4 +1,4 @@
-"""Tests of rayagg.data: IDX parsing, data set loading, splits and partitions."""
+"""Tests of rayagg.learning.data: IDX parsing, data set loading, splits and partitions."""
 from __future__ import annotations
 
 import gzip
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rayagg import data
+from rayagg.learning import data, partition
 from rayagg.errors import DataError
 
 SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -242,27 +242,27 @@ def test_to_float():
 # ------------------------------------------------------------------- splits
 
 def test_split_public_disjoint_and_complete():
-    public, private = data.split_public(1000, 150, seed=3)
+    public, private = partition.split_public(1000, 150, seed=3)
     assert len(public) == 150 and len(private) == 850
     assert not set(public) & set(private)
     assert sorted(np.concatenate([public, private]).tolist()) == list(range(1000))
     assert np.all(np.diff(public) > 0) and np.all(np.diff(private) > 0)
-    again, _ = data.split_public(1000, 150, seed=3)
-    other, _ = data.split_public(1000, 150, seed=4)
+    again, _ = partition.split_public(1000, 150, seed=3)
+    other, _ = partition.split_public(1000, 150, seed=4)
     np.testing.assert_array_equal(public, again)
     assert not np.array_equal(public, other)
     with pytest.raises(DataError):
-        data.split_public(100, 100, seed=0)
+        partition.split_public(100, 100, seed=0)
 
 
 def test_take_subset():
     pool = np.arange(10, 60)
-    sub = data.take_subset(pool, 20, seed=1)
+    sub = partition.take_subset(pool, 20, seed=1)
     assert len(sub) == 20 and len(set(sub)) == 20 and set(sub) <= set(pool)
     assert np.all(np.diff(sub) > 0)
-    np.testing.assert_array_equal(data.take_subset(pool[::-1], None, seed=1), pool)
+    np.testing.assert_array_equal(partition.take_subset(pool[::-1], None, seed=1), pool)
     with pytest.raises(DataError):
-        data.take_subset(pool, 51, seed=1)
+        partition.take_subset(pool, 51, seed=1)
 
 
 def _synthetic_labels(n=6000, classes=10, seed=0):
@@ -281,30 +281,30 @@ def _assert_partition(shards, indices, num_devices, min_size):
 def test_partition_iid():
     labels = _synthetic_labels()
     indices = np.arange(100, 6000, 2)
-    shards = data.partition_iid(labels, indices, 7, seed=0)
+    shards = partition.partition_iid(labels, indices, 7, seed=0)
     _assert_partition(shards, indices, 7, len(indices) // 7)
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    assert data.label_skew(labels, shards, 10) < 0.08
-    same = data.partition_iid(labels, indices, 7, seed=0)
+    assert partition.label_skew(labels, shards, 10) < 0.08
+    same = partition.partition_iid(labels, indices, 7, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(shards, same))
     with pytest.raises(DataError):
-        data.partition_iid(labels, indices[:3], 7, seed=0)
+        partition.partition_iid(labels, indices[:3], 7, seed=0)
 
 
 @pytest.mark.parametrize("alpha", [0.1, 1.0, 100.0])
 def test_partition_dirichlet_is_a_partition(alpha):
     labels = _synthetic_labels()
     indices = np.arange(0, 6000, 3)
-    shards = data.partition_dirichlet(labels, indices, 10, alpha, min_per_device=10, seed=5)
+    shards = partition.partition_dirichlet(labels, indices, 10, alpha, min_per_device=10, seed=5)
     _assert_partition(shards, indices, 10, 10)
 
 
 def test_partition_dirichlet_seeded():
     labels = _synthetic_labels()
     indices = np.arange(6000)
-    a = data.partition_dirichlet(labels, indices, 8, 0.5, 5, seed=11)
-    b = data.partition_dirichlet(labels, indices, 8, 0.5, 5, seed=11)
-    c = data.partition_dirichlet(labels, indices, 8, 0.5, 5, seed=12)
+    a = partition.partition_dirichlet(labels, indices, 8, 0.5, 5, seed=11)
+    b = partition.partition_dirichlet(labels, indices, 8, 0.5, 5, seed=11)
+    c = partition.partition_dirichlet(labels, indices, 8, 0.5, 5, seed=12)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
@@ -312,7 +312,7 @@ def test_partition_dirichlet_seeded():
 def test_label_skew_grows_as_alpha_falls():
     labels = _synthetic_labels()
     indices = np.arange(6000)
-    skews = [data.label_skew(labels, data.partition_dirichlet(
+    skews = [partition.label_skew(labels, partition.partition_dirichlet(
         labels, indices, 10, alpha, 1, seed=2), 10) for alpha in (100.0, 1.0, 0.1)]
     assert skews[0] < 0.1 < skews[2]
     assert skews[0] < skews[1] < skews[2]
@@ -321,16 +321,16 @@ def test_label_skew_grows_as_alpha_falls():
 def test_label_skew_extremes():
     labels = np.repeat(np.arange(4), 10)
     one_class = [np.flatnonzero(labels == c) for c in range(4)]
-    assert data.label_skew(labels, one_class, 4) == pytest.approx(0.75)
+    assert partition.label_skew(labels, one_class, 4) == pytest.approx(0.75)
     mixed = [np.arange(k * 4, k * 4 + 4) for k in range(10)]  # each holds labels 0,1,2,3
-    assert data.label_skew(np.tile(np.arange(4), 10), mixed, 4) == pytest.approx(0.0)
+    assert partition.label_skew(np.tile(np.arange(4), 10), mixed, 4) == pytest.approx(0.0)
 
 
 def test_partition_dirichlet_impossible_minimum():
     labels = _synthetic_labels(n=50)
     with pytest.raises(DataError, match=r"50 samples.*100 needed"):
-        data.partition_dirichlet(labels, np.arange(50), 10, 1.0, min_per_device=10, seed=0)
+        partition.partition_dirichlet(labels, np.arange(50), 10, 1.0, min_per_device=10, seed=0)
     # Feasible in count but not within max_tries at tiny alpha: still a DataError.
     with pytest.raises(DataError, match="min_per_device"):
-        data.partition_dirichlet(labels, np.arange(50), 10, 0.01, min_per_device=5, seed=0,
+        partition.partition_dirichlet(labels, np.arange(50), 10, 0.01, min_per_device=5, seed=0,
                                  max_tries=3)

@@ -22,16 +22,26 @@ from dataclasses import replace
 import pytest
 import ray
 from click.testing import CliRunner
-from conftest import InspectingRunner
+from conftest import inspected_run
 
 import rayagg
-from rayagg import rundir, store
 from rayagg.cli import main
 from rayagg.config import load_config
+from rayagg.core.events import EventKind
 from rayagg.errors import ScaleError
-from rayagg.events import read_events
-from rayagg.plan import make_plan
-from rayagg.run import execute
+from rayagg.learning.plan import make_plan
+from rayagg.nodes import index_of
+from rayagg.observe import RunObserver
+from rayagg.rundir import store
+from rayagg.rundir.events import read_events
+from rayagg.rundir.live import LIVE_FILE
+from rayagg.rundir.manifest import RunState
+from rayagg.rundir.resume import expected_bridge_counts, load_for_resume
+from rayagg.runtime.faults import FaultAt
+from rayagg.runtime.runner import RayRunner
+
+pytestmark = pytest.mark.ray
+
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -53,72 +63,65 @@ def config(tiny_config):
     return config
 
 
-class ChurningRunner(InspectingRunner):
-    """Injects the faults and requests of the module docstring at fixed points."""
+class Churn(RunObserver):
+    """Injects the faults and requests of the module docstring at fixed points: kills
+    through the fault hook (a host mid-join) and from observer calls (an edge mid-round,
+    requests during recovery and between rounds); records what the returning devices
+    hold when they join."""
 
-    def start(self, run_dir=None, resume=None):
-        self.requested = {}
-        super().start(run_dir, resume)
-        revive = self.hosts.revive
+    def __init__(self):
+        self.runner, self.requested, self.returned, self.killed_edge = None, {}, {}, None
 
-        def revive_then_kill_the_new_host(nodes):
-            revive(nodes)
-            if self.round_index == 1 and "device-host-1" in self.hosts.handles:
-                ray.kill(self.hosts.handles["device-host-1"], no_restart=True)  # mid-join
-        self.hosts.revive = revive_then_kill_the_new_host
+    def fault(self, point):
+        runner = self.runner
+        if point.at == FaultAt.HOSTS_STARTED and "device-host-1" in point.hosts and runner.round_index == 1:
+            ray.kill(runner.hosts.handles["device-host-1"], no_restart=True)  # mid-join
 
-    def submit_round(self, round_index, checkpoint_dir=None, attempt=1):
+    def round_submitted(self, round_index, steps, attempt):
         if round_index == 3 and attempt == 1:  # kill device-4's new parent in round 3
-            edge = self.tree.parent_of["device-4"]
-            self.killed_edge = edge
-            threading.Timer(0.5, lambda: ray.kill(self.actors[edge], no_restart=True)).start()
-        super().submit_round(round_index, checkpoint_dir, attempt)
+            edge = self.killed_edge = self.runner.tree.parent_of["device-4"]
+            threading.Timer(0.5, lambda: ray.kill(self.runner.actors[edge], no_restart=True)).start()
 
-    def _died(self, death):
-        nodes = super()._died(death)
-        if self.round_index == 3 and "during recovery" not in self.requested:
-            self.requested["during recovery"] = rayagg.scale(self._run_dir, devices=3)
-        return nodes
+    def event(self, event):
+        runner = self.runner
+        if event.kind == EventKind.DECLARE_DEAD and event.round == 3 and "during recovery" not in self.requested:
+            self.requested["during recovery"] = rayagg.scale(runner.run_dir, devices=3)
+        if event.kind == EventKind.JOIN and event.node in runner.checkpoint.checkpoints:
+            self.returned.update(runner.hosts.ask([event.node], "evaluate"))  # restored, not trained yet
 
-    def plan_membership(self, round_index):
-        if round_index == 5:  # the real CLI, from another process, while the run is live
+    def round_collected(self, result, records):
+        if result.round == 4:  # before round 5: the real CLI, from another process, while the run is live
             try:
-                rayagg.scale(self._run_dir, devices=40)
+                rayagg.scale(self.runner.run_dir, devices=40)
             except ScaleError as exc:
                 self.requested["out of range"] = str(exc)
             rayagg_cli = pathlib.Path(sys.executable).parent / "rayagg"
-            done = subprocess.run([str(rayagg_cli), "scale", str(self._run_dir), "--add", "2"],
+            done = subprocess.run([str(rayagg_cli), "scale", str(self.runner.run_dir), "--add", "2"],
                                   capture_output=True, text=True, timeout=120)
             self.requested["cli"] = (done.returncode, done.stdout + done.stderr)
-        return super().plan_membership(round_index)
-
-    def change_membership(self, change):
-        super().change_membership(change)
-        returning = {n for n in change.joins if n in self.checkpoint.checkpoints}
-        if returning:
-            self.returned = {n: s for n, s in self.evaluate().items() if n in returning}
 
 
 @pytest.fixture(scope="module")
 def churned(ray_session, config, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("elastic-run")
     plan = make_plan(config, tiny_dataset)
-    runner = ChurningRunner(replace(plan, config=config))
+    churn = Churn()
+    churn.runner = runner = RayRunner(replace(plan, config=config), faults=churn.fault)
     started = time.monotonic()
-    records = execute(runner, out, echo=lambda line: None)
-    return runner, records, out, plan, time.monotonic() - started
+    records, inspected = inspected_run(runner, out, observers=[churn])
+    return churn, inspected, records, out, plan, time.monotonic() - started
 
 
 def devices_by_round(records):
     rounds = {}
     for r in records:
         if r.tier == "device":
-            rounds.setdefault(r.round, set()).add(int(r.node.split("-")[1]))
+            rounds.setdefault(r.round, set()).add(index_of(r.node))
     return rounds
 
 
 def test_devices_join_and_leave_at_round_boundaries_through_faults(churned):
-    runner, records, out, plan, _ = churned
+    churn, inspected, records, out, plan, _ = churned
     assert devices_by_round(records) == {1: {0, 1, 2}, 2: {0, 1, 2, 3}, 3: {0, 1, 2, 3, 4, 5},
                                          4: {0, 1, 2}, 5: {0, 1, 2, 3, 4}}
     events = read_events(out / "events.parquet")
@@ -127,43 +130,43 @@ def test_devices_join_and_leave_at_round_boundaries_through_faults(churned):
     assert by_kind("join") == [(1, "device-3"), (2, "device-4"), (2, "device-5"), (4, "device-3"),
                                (4, "device-4")]
     assert by_kind("leave") == [(3, "device-5"), (3, "device-4"), (3, "device-3")]
-    assert (3, runner.killed_edge) in by_kind("declare_dead")
+    assert (3, churn.killed_edge) in by_kind("declare_dead")
     assert {n for r, n in by_kind("reparent")} >= {"device-4"}  # a child that joined that round
     # Nothing lost: the root holds the bridge samples of every device that ever joined.
     joined = [f"device-{i}" for i in range(6)]
-    assert runner.inspected["counts"]["cloud-0"] == sum(len(plan.shards[n]) for n in joined)
+    assert inspected["counts"]["cloud-0"] == sum(len(plan.shards[n]) for n in joined)
 
 
 def test_requests_during_recovery_and_from_the_cli_apply_at_the_next_boundary(churned):
-    runner, _, out, _, _ = churned
-    assert "6 devices active now; 3 from the start of round 4" in runner.requested["during recovery"]
-    assert runner.requested["out of range"].endswith("refused: the request: 40 devices is outside the "
+    churn, _, _, out, _, _ = churned
+    assert "6 devices active now; 3 from the start of round 4" in churn.requested["during recovery"]
+    assert churn.requested["out of range"].endswith("refused: the request: 40 devices is outside the "
                                                      "range [2, 8]")
-    code, output = runner.requested["cli"]
+    code, output = churn.requested["cli"]
     assert code == 0 and "3 devices active now; 5 from the start of round 5" in output, output
 
 
 def test_a_returning_device_resumes_the_model_it_left_with(churned):
-    runner, records, out, _, _ = churned
+    churn, _, records, out, _, _ = churned
     left_with = {r.node: r.accuracy for r in records if r.round == 3}
-    assert {n: acc for n, (acc, _, _) in runner.returned.items()} == \
+    assert {n: scores.accuracy for n, scores in churn.returned.items()} == \
         {"device-3": left_with["device-3"], "device-4": left_with["device-4"]}
 
 
 def test_the_run_directory_records_membership_for_a_resume(churned):
-    runner, _, out, plan, _ = churned
-    state = rundir.RunState.load(out)
-    assert state.left == ["device-5"] and set(state.dead) == {"device-5", runner.killed_edge}
+    churn, inspected, _, out, plan, _ = churned
+    state = RunState.load(out)
+    assert state.left == ["device-5"] and set(state.dead) == {"device-5", churn.killed_edge}
     assert sorted(state.bridge_stores(out)) == [out / "bridge" / name for name in
                                                 ["cloud-0.parquet", "joined-round-0002.parquet",
                                                  "joined-round-0003.parquet"]]
     samples = store.read_bridge_stores(sorted(state.bridge_stores(out)),
-                                       expected_counts=rundir.expected_bridge_counts(state, plan))
+                                       expected_counts=expected_bridge_counts(state, plan))
     assert len(samples) == 6
     longer = replace(plan, config=plan.config.with_rounds(6))
-    assert rundir.load_for_resume(out, longer) == state  # every file a resume reads verifies
-    assert not (out / rundir.LIVE_FILE).exists()  # removed when the run ended
-    hosts = {(a.name, a.state) for a in runner.inspected["actors"] if a.class_name == "NodeHost"}
+    assert load_for_resume(out, longer) == state  # every file a resume reads verifies
+    assert not (out / LIVE_FILE).exists()  # removed when the run ended
+    hosts = {(a.name, a.state) for a in inspected["actors"] if a.class_name == "NodeHost"}
     assert ("device-host-1", "ALIVE") in hosts  # back for device-4
     shown = CliRunner().invoke(main, ["status", str(out)]).output
     assert "devices that left: device-5" in shown

@@ -10,11 +10,14 @@ from dataclasses import replace
 
 import pytest
 import ray
-from conftest import InspectingRunner, packed
+from conftest import inspected_run, packed
 
-from rayagg.events import read_events
-from rayagg.plan import make_plan
-from rayagg.run import execute
+from rayagg.rundir.events import read_events
+from rayagg.learning.plan import make_plan
+from rayagg.runtime.runner import RayRunner
+
+
+pytestmark = pytest.mark.ray
 
 
 def kill_during_round(runner, node, round_index, delay_s=0.5, stop=False):
@@ -69,12 +72,12 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     from its round-2 checkpoint (the root restarts whatever replace_dead says: restart_root,
     tested in tests/test_supervision.py). Every node trains every round."""
     config = config.with_changes(training={"rounds": 3}, supervision={"replace_dead": True})
-    runner = InspectingRunner(replace(plan, config=config))
+    runner = RayRunner(replace(plan, config=config))
     kill_during_round(runner, "edge-0", 2)
     kill_during_round(runner, "cloud-0", 3)
-    records = execute(runner, tmp_path, echo=lambda line: None)
-    tree, counts = runner.inspected["tree"], runner.inspected["counts"]
-    assert runner.inspected["dead"] == frozenset()
+    records, inspected = inspected_run(runner, tmp_path)
+    tree, counts = inspected["tree"], inspected["counts"]
+    assert inspected["dead"] == frozenset()
     assert tree.children("edge-0") == plan.tree.children("edge-0")
     assert counts["edge-0"] == sum(len(plan.shards[leaf]) for leaf in tree.leaves("edge-0"))
     assert counts[tree.root] == counts["cloud-0"] == total_samples(plan)
@@ -100,12 +103,11 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
     a kill "in round N" no longer finds it (the test above kills with two in flight)."""
     config = packed(config, device=2).with_changes(
         training={"rounds": 4}, supervision={"rejoin_dead_leaves": True}, runtime={"rounds_in_flight": 1})
-    runner = InspectingRunner(replace(plan, config=config))
+    runner = RayRunner(replace(plan, config=config))
     killed = kill_during_round(runner, "edge-0", 1)  # before any checkpoint: moves need none
     kill_during_round(runner, "device-1", 2, stop=True)
     kill_during_round(runner, "device-2", 3)
-    records = execute(runner, tmp_path, echo=lambda line: None)
-    inspected = runner.inspected
+    records, inspected = inspected_run(runner, tmp_path)
     assert inspected["dead"] == {"edge-0"}
     assert inspected["tree"].children("edge-1") == ["device-0", "device-1", "device-2", "device-3"]
     assert inspected["counts"]["cloud-0"] == inspected["counts"]["edge-1"] == total_samples(plan)

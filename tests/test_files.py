@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from rayagg import checkpoint
+from rayagg.rundir import checkpoint
 from rayagg.errors import CheckpointError
 from rayagg.files import file_sha256, write_atomic
 
@@ -95,7 +95,7 @@ def test_every_flipped_byte_of_a_metrics_file_is_refused_or_harmless(tmp_path):
     """No single-byte corruption of metrics.parquet reads back as other numbers: the reader
     either raises CheckpointError naming the file or returns exactly what was written
     (a flip in bytes the reader never uses, e.g. the writer's name)."""
-    from rayagg.metrics import NodeMetrics, read_metrics, write_metrics
+    from rayagg.rundir.metrics import NodeMetrics, read_metrics, write_metrics
 
     path = tmp_path / "metrics.parquet"
     written = [NodeMetrics(r, f"node-{n}", "edge", 0.1 * n + r, 2.0 - r, 1.5, 9.0)
@@ -119,7 +119,7 @@ def test_pruning_keeps_the_cut_a_dead_nodes_last_file_and_rounds_still_in_flight
     """After the cut of round 3 is committed: round 1 (older, unreferenced) goes; round 2
     stays while a dead node's last checkpoint is there; round 4, which a round in flight
     may be writing (runtime.rounds_in_flight), stays too."""
-    from rayagg.rundir import RunState, prune_checkpoints, round_directory
+    from rayagg.rundir.manifest import RunState, prune_checkpoints, round_directory
 
     for number in (1, 2, 3, 4):
         write_atomic(round_directory(tmp_path, number) / "cloud-0.pt", b"x")

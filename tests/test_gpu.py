@@ -4,13 +4,12 @@ import pytest
 import ray
 import torch
 
-from rayagg import checkpoint
-from rayagg.plan import build_node, evaluation_split, make_plan
-from rayagg.run import execute
-from rayagg.runtime import RayRunner
+from rayagg.rundir import checkpoint
+from rayagg.learning.plan import build_node, evaluation_split, local_data, make_plan
+from rayagg.loop import execute
+from rayagg.runtime.runner import RayRunner
 
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.ray, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")
 
 
@@ -24,9 +23,9 @@ def local_ray():
 
 
 def test_a_gpu_node_trades_cpu_logits_and_its_checkpoint_loads_on_cpu(tiny_plan, tiny_dataset, tmp_path):
-    leaf = build_node(tiny_plan, "device-0", tiny_dataset, CUDA)
-    on_gpu = build_node(tiny_plan, "cloud-0", tiny_dataset, CUDA)
-    on_cpu = build_node(tiny_plan, "cloud-0", tiny_dataset)  # same seed: same initial weights
+    leaf = build_node(tiny_plan, "device-0", local_data(tiny_plan, "device-0", tiny_dataset), device=CUDA)
+    on_gpu = build_node(tiny_plan, "cloud-0", device=CUDA)
+    on_cpu = build_node(tiny_plan, "cloud-0")  # same seed: same initial weights
     samples = leaf.encode()
     for node in (leaf, on_gpu, on_cpu):
         node.add_bridge_samples(samples)
@@ -55,10 +54,10 @@ def test_gpu_tiers_train_on_cuda_and_cpu_tiers_see_no_gpu(local_ray, tiny_config
         tier["resources"]["num_gpus"] = gpus
     config = tiny_config.with_changes(tree={"tiers": tiers})
     runner = RayRunner(make_plan(config, tiny_dataset))
-    records = execute(runner, tmp_path, echo=lambda line: None)
+    records = execute(runner, tmp_path)
     for node, info in runner.placement.items():
         on_gpu = not node.startswith("device")
-        assert info["device"] == ("cuda" if on_gpu else "cpu"), (node, info)
-        assert (info["cuda_visible_devices"] != "") == on_gpu, (node, info)
+        assert info.device == ("cuda" if on_gpu else "cpu"), (node, info)
+        assert (info.cuda_visible_devices != "") == on_gpu, (node, info)
     cloud = [r.accuracy for r in records if r.node == "cloud-0"]
     assert cloud[-1] > 0.3  # chance is 0.1

@@ -15,6 +15,9 @@ import urllib.request
 import pytest
 from conftest import packed
 
+pytestmark = pytest.mark.ray
+
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 

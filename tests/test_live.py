@@ -1,4 +1,4 @@
-"""The live view (rayagg/live.py), `rayagg status` on a live record, and the run
+"""The live view (rayagg/rundir/live.py), `rayagg status` on a live record, and the run
 directory's shared-storage probe: all without Ray."""
 import json
 import os
@@ -7,9 +7,11 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from rayagg import live, rundir
+from rayagg.rundir.directory import end_probe, probe_run_dir, start_probe
+from rayagg.rundir import live
+from rayagg.rundir.live import write_live
 from rayagg.cli import main
-from rayagg.tree import Tree
+from rayagg.core.tree import Tree
 
 
 def views(**changes):
@@ -60,7 +62,7 @@ def test_render_sums_up_a_large_leaf_tier_per_parent():
 
 def write_live_run(tmp_path, pid, view):
     (tmp_path / "config.yaml").write_text("name: x\n")
-    rundir.write_live(tmp_path, "127.0.0.1:1", "ns", pid, socket.gethostname(), view=view)
+    write_live(tmp_path, "127.0.0.1:1", "ns", pid, socket.gethostname(), view=view)
 
 
 def test_status_shows_the_live_tree(tmp_path):
@@ -87,25 +89,25 @@ def test_status_names_a_corrupt_live_view(tmp_path):
 
 
 def test_probe_accepts_a_directory_seen_and_writable(tmp_path):
-    token = rundir.start_probe(tmp_path)
-    assert rundir.probe_run_dir(tmp_path, token, "edge-0 on a") is None
-    rundir.end_probe(tmp_path)
+    token = start_probe(tmp_path)
+    assert probe_run_dir(tmp_path, token, "edge-0 on a") is None
+    end_probe(tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
 def test_probe_names_a_directory_that_is_another_one_on_that_machine(tmp_path):
-    answer = rundir.probe_run_dir(tmp_path / "elsewhere", "t", "edge-0 on b")
+    answer = probe_run_dir(tmp_path / "elsewhere", "t", "edge-0 on b")
     assert answer.startswith("edge-0 on b does not see") and "another directory there" in answer
-    token = rundir.start_probe(tmp_path)
-    assert "another token" in rundir.probe_run_dir(tmp_path, token + "x", "edge-0 on b")
+    token = start_probe(tmp_path)
+    assert "another token" in probe_run_dir(tmp_path, token + "x", "edge-0 on b")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_probe_names_a_directory_it_cannot_write(tmp_path):
-    token = rundir.start_probe(tmp_path)
+    token = start_probe(tmp_path)
     tmp_path.chmod(0o500)
     try:
-        answer = rundir.probe_run_dir(tmp_path, token, "edge-0 on c")
+        answer = probe_run_dir(tmp_path, token, "edge-0 on c")
     finally:
         tmp_path.chmod(0o700)
     assert answer.startswith("edge-0 on c cannot write to")

@@ -1,4 +1,4 @@
-"""Elastic devices without Ray: the config's range, who joins and leaves (membership.py),
+"""Elastic devices without Ray: the config's range, who joins and leaves (core/membership.py),
 the supervisor's join/leave decisions, bridge-sample routes, manifests, plot marks and
 the errors of `rayagg scale` for runs that are not live."""
 import dataclasses
@@ -9,16 +9,21 @@ import socket
 
 import pytest
 
-from rayagg import packing, rundir
 from rayagg.config import Elastic, load_config
+from rayagg.core import packing
+from rayagg.core.actions import FailurePolicy, Join, Leave, NoSurvivorError
+from rayagg.core.balance import BalancingPolicy
+from rayagg.core.events import Event
+from rayagg.core.membership import Change, Members, Request, ScaleReply, plan_change, toward
+from rayagg.core.supervision import SupervisorState, decide, heartbeat, join, leave, report_death
+from rayagg.core.tree import Tree, training_leaves
 from rayagg.errors import ConfigError, RunDirError, ScaleError
-from rayagg.events import Event
-from rayagg.membership import Change, Members, Request, plan_change, toward
-from rayagg.metrics import NodeMetrics, membership_marks, summary_line
-from rayagg.runtime.bridge import BridgeRoutes, training_leaves
-from rayagg.supervision import (Join, Leave, NoSurvivorError, Policy, SupervisorState, decide, heartbeat,
-                                join, leave, report_death)
-from rayagg.tree import Tree
+from rayagg.rundir.directory import check_new_run_dir
+from rayagg.rundir.live import write_live
+from rayagg.rundir.manifest import RunState
+from rayagg.rundir.metrics import NodeMetrics, summary_line
+from rayagg.rundir.plot import membership_marks
+from rayagg.runtime.bridge import BridgeRoutes
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -69,7 +74,7 @@ def test_only_the_leaf_tier_may_be_elastic_and_every_shard_needs_samples(elastic
 
 def test_the_plan_has_a_shard_for_every_possible_device_and_starts_with_count(tiny_config, tiny_dataset,
                                                                              elastic_config):
-    from rayagg.plan import make_plan
+    from rayagg.learning.plan import make_plan
 
     config = elastic_config.with_changes(autoencoder=tiny_config.autoencoder.model_dump(),
                                          data={"train_samples": 600})
@@ -154,7 +159,7 @@ def test_change_describes_itself():
 
 def state_with(counts=(1, 2, 4), load=None):
     state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], counts), 0.0,
-                                  policy=Policy(), load=load)
+                                  policy=FailurePolicy(), load=load)
     for node in state.tree.nodes:
         state = heartbeat(state, node, 0.0)
     return state
@@ -241,14 +246,14 @@ def test_tree_with_leaf_and_from_parents():
 
 
 def test_a_format_2_manifest_reads_as_one_where_nobody_left(tmp_path):
-    rundir.RunState(1, {"cloud-0": None}, []).save(tmp_path)
+    RunState(1, {"cloud-0": None}, []).save(tmp_path)
     record = json.loads((tmp_path / "state.json").read_text())
     body = {k: v for k, v in record.items() if k not in ("format", "sha256", "left")}
     from rayagg.files import sha256_bytes
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     record = {"format": 2, **body, "sha256": sha256_bytes(canonical)}
     (tmp_path / "state.json").write_text(json.dumps(record))
-    assert rundir.RunState.load(tmp_path).left == []
+    assert RunState.load(tmp_path).left == []
 
 
 def test_membership_marks_and_the_summary_count_devices():
@@ -264,11 +269,11 @@ def test_membership_marks_and_the_summary_count_devices():
 
 def test_a_live_record_blocks_a_second_run_until_its_process_is_gone(tmp_path):
     (tmp_path / "config.yaml").write_text("name: x\n")
-    rundir.write_live(tmp_path, "127.0.0.1:1", "ns", os.getpid(), socket.gethostname())
+    write_live(tmp_path, "127.0.0.1:1", "ns", os.getpid(), socket.gethostname())
     with pytest.raises(RunDirError, match="a run is training in"):
-        rundir.check_new_run_dir(tmp_path, overwrite=True)
-    rundir.write_live(tmp_path, "127.0.0.1:1", "ns", 2**22 + 12345, socket.gethostname())  # no such pid
-    rundir.check_new_run_dir(tmp_path, overwrite=True)
+        check_new_run_dir(tmp_path, overwrite=True)
+    write_live(tmp_path, "127.0.0.1:1", "ns", 2**22 + 12345, socket.gethostname())  # no such pid
+    check_new_run_dir(tmp_path, overwrite=True)
 
 
 def test_scale_names_why_a_run_cannot_be_scaled(tmp_path, elastic_config):
@@ -277,10 +282,10 @@ def test_scale_names_why_a_run_cannot_be_scaled(tmp_path, elastic_config):
     with pytest.raises(RunDirError, match="not a rayagg run directory"):
         membership_scale(tmp_path, devices=3)
     (tmp_path / "config.yaml").write_text(elastic_config.with_rounds(2).to_yaml())
-    rundir.RunState(1, {"cloud-0": None}, []).save(tmp_path)
+    RunState(1, {"cloud-0": None}, []).save(tmp_path)
     with pytest.raises(ScaleError, match=r"not live \(stopped after round 1 of 2\).*--resume"):
         membership_scale(tmp_path, devices=3)
-    rundir.RunState(2, {"cloud-0": None}, []).save(tmp_path)
+    RunState(2, {"cloud-0": None}, []).save(tmp_path)
     with pytest.raises(ScaleError, match="finished"):
         membership_scale(tmp_path, devices=3)
 
@@ -308,8 +313,8 @@ def supervisor(elastic, *, counts=(1, 2, 4), round_index=0):
     from rayagg.runtime.supervisor import SupervisorActor
 
     tree = Tree.balanced(["cloud", "edge", "device"], counts)
-    return SupervisorActor.__ray_metadata__.modified_class(tree, Policy(), {}, elastic=elastic,
-                                                             round_index=round_index)
+    return SupervisorActor.__ray_metadata__.modified_class(tree, FailurePolicy(), BalancingPolicy(), {}, {},
+                                                             elastic=elastic, round_index=round_index)
 
 
 def ask(actor, **request):
@@ -318,16 +323,17 @@ def ask(actor, **request):
     return asyncio.run(actor.request_scale(**request))
 
 
+@pytest.mark.ray  # imports the actor's module
 def test_scale_requests_are_checked_against_the_range_and_the_rounds_left():
     import asyncio
 
     actor = supervisor(Elastic(min_devices=2, max_devices=8), round_index=3)
-    assert ask(actor, devices=6) == {"ok": True, "message": "4 devices active now; 6 from the start of round 4 "
-                                                            "(changes wait for a round boundary)"}
-    assert ask(actor, add=1)["message"].startswith("4 devices active now; 7 from")  # on the pending 6
+    assert ask(actor, devices=6) == ScaleReply(True, "4 devices active now; 6 from the start of round 4 "
+                                                     "(changes wait for a round boundary)")
+    assert ask(actor, add=1).message.startswith("4 devices active now; 7 from")  # on the pending 6
     refused = ask(actor, remove=6)
-    assert not refused["ok"] and "1 devices is outside the range [2, 8]" in refused["message"]
+    assert not refused.accepted and "1 devices is outside the range [2, 8]" in refused.message
     taken = asyncio.run(actor.take_request(4, 5))
     assert taken.devices == 7 and asyncio.run(actor.take_request(5, 5)) is None
-    assert "last round (5 of 5)" in ask(actor, devices=3)["message"]
-    assert "not elastic" in ask(supervisor(None), devices=3)["message"]
+    assert "last round (5 of 5)" in ask(actor, devices=3).message
+    assert "not elastic" in ask(supervisor(None), devices=3).message

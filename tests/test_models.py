@@ -1,4 +1,4 @@
-"""Tests of rayagg.models: builtin shapes and sizes, user factories, config errors."""
+"""Tests of rayagg.learning.models: builtin shapes and sizes, user factories, config errors."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from rayagg.errors import ConfigError
-from rayagg.models import BUILTIN_MODELS, build_model, check_model_name, count_parameters
+from rayagg.learning.models import BUILTIN_MODELS, build_model, check_model_name, count_parameters
 
 SHAPES = [(1, 28), (3, 32)]
 
@@ -179,7 +179,7 @@ def test_user_factory(user_module):
 @pytest.mark.parametrize(
     "name",
     ["resnet34", "", "no_colon", "a.b:c:d", "1bad:f", "mod:", ":f",
-     "rayagg_no_such_module_xyz:f", "rayagg.models:no_such_function"],
+     "rayagg_no_such_module_xyz:f", "rayagg.learning.models:no_such_function"],
 )
 def test_bad_names_raise_config_error(name):
     with pytest.raises(ConfigError, match="model"):
@@ -189,8 +189,8 @@ def test_bad_names_raise_config_error(name):
 
 
 def test_error_names_the_model_string():
-    with pytest.raises(ConfigError, match="rayagg.models:no_such_function"):
-        build_model("rayagg.models:no_such_function", in_channels=1, image_size=28, num_classes=10)
+    with pytest.raises(ConfigError, match="rayagg.learning.models:no_such_function"):
+        build_model("rayagg.learning.models:no_such_function", in_channels=1, image_size=28, num_classes=10)
 
 
 def test_factory_returning_non_module(user_module):

@@ -7,10 +7,13 @@ import time
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from conftest import InspectingRunner
+from conftest import inspected_run
 
-from rayagg.plan import make_plan
-from rayagg.run import execute
+from rayagg.learning.plan import make_plan
+from rayagg.runtime.runner import RayRunner
+
+pytestmark = pytest.mark.ray
+
 
 MB = 2**20
 
@@ -46,24 +49,24 @@ def test_removing_an_edges_machine(cluster, tiny_config, tiny_dataset, tmp_path)
     test_cluster, nodes = cluster
     config = pinned(tiny_config)
     plan = make_plan(config, tiny_dataset)
-    runner = InspectingRunner(plan)
+    runner = RayRunner(plan)
 
     def remove_edge_machine():
         while runner.round_index < 2:
             time.sleep(0.05)
         time.sleep(1.0)
-        host = runner.placement["edge-0"]["ray_node_id"]
+        host = runner.placement["edge-0"].ray_node_id
         victim = next(n for n in nodes.values() if n.node_id == host)
         test_cluster.remove_node(victim, allow_graceful=False)
 
     threading.Thread(target=remove_edge_machine, daemon=True).start()
-    records = execute(runner, tmp_path, echo=lambda line: None)
-    hosts = {node: info["ray_node_id"] for node, info in runner.placement.items()}
+    records, inspected = inspected_run(runner, tmp_path)
+    hosts = {node: report.ray_node_id for node, report in runner.placement.items()}
     assert len({hosts["cloud-0"], hosts["edge-1"], hosts["device-host-0"]}) == 3
-    assert runner.inspected["dead"] == {"edge-0"}
+    assert inspected["dead"] == {"edge-0"}
     # the supervisor lives with the driver, never on a machine that may be removed
-    supervisor = [a for a in runner.inspected["actors"] if a.name == "supervisor" and a.state == "ALIVE"]
+    supervisor = [a for a in inspected["actors"] if a.name == "supervisor" and a.state == "ALIVE"]
     assert [a.node_id for a in supervisor] == [test_cluster.head_node.node_id]
-    assert {runner.inspected["tree"].parent_of[d] for d in ("device-0", "device-1")} == {"edge-1"}
-    assert runner.inspected["counts"]["cloud-0"] == sum(len(s) for s in plan.shards.values())
+    assert {inspected["tree"].parent_of[d] for d in ("device-0", "device-1")} == {"edge-1"}
+    assert inspected["counts"]["cloud-0"] == sum(len(s) for s in plan.shards.values())
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2]

@@ -3,8 +3,9 @@ import pytest
 from conftest import packed
 
 from rayagg.errors import ConfigError, ResourceError
-from rayagg.packing import describe_nodes, home_hosts, pack
-from rayagg.plan import make_tree
+from rayagg.core.packing import home_hosts, pack
+from rayagg.nodes import describe_nodes
+from rayagg.learning.plan import make_tree
 from rayagg.runtime.resources import ClusterNode, check_cluster, ray_request
 
 

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from rayagg import data, models, preflight
+from rayagg.learning import data, models, preflight
 from rayagg.config import load_config, parse_config
 from rayagg.errors import ConfigError, DataError
 

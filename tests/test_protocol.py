@@ -7,10 +7,10 @@ import torch
 import torchvision
 from torch import nn
 
-from rayagg import autoencoder, protocol
+from rayagg.learning import autoencoder, protocol
 from rayagg.errors import TrainingError
-from rayagg.node import BridgeSamples, NodeState
-from rayagg.protocol import DistillSettings
+from rayagg.learning.node import BridgeSamples, NodeState
+from rayagg.learning.protocol import DistillSettings
 
 
 def softmax(values, temperature):
@@ -281,7 +281,7 @@ def test_evaluate_uses_eval_mode_and_restores_it():
 
 
 def test_a_checkpoint_from_before_fused_sgd_keeps_the_optimizer_fused():
-    from rayagg.protocol import load_optimizer_state, make_optimizer
+    from rayagg.learning.protocol import load_optimizer_state, make_optimizer
 
     model = torch.nn.Linear(3, 2)
     old = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # unfused, as saved before

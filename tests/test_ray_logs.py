@@ -7,6 +7,9 @@ from ray._private import worker as ray_worker
 
 from rayagg.runtime import cluster, ray_logs
 
+pytestmark = pytest.mark.ray
+
+
 POOL_LARGE = ("WARNING: 8 PYTHON worker processes have been started on node: ab12 with address: "
               "192.0.2.2, which is 4x the maximum expected startup concurrency (2).")
 WORKER_DIED = ("A worker died or was killed while executing a task by an unexpected system error. "

@@ -8,30 +8,32 @@ from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
-from conftest import InspectingRunner, packed, signal_a_run
+from conftest import inspected_run, packed, signal_a_run
 
-from rayagg import rundir
+from rayagg.rundir.resume import load_for_resume
 from rayagg.cli import main
 from rayagg.config import parse_config
 from rayagg.errors import NodeError, ResourceError
-from rayagg.plan import make_plan
-from rayagg.metrics import read_metrics
-from rayagg.run import execute
-from rayagg.rundir import RunState
-from rayagg.runtime import RayRunner
+from rayagg.learning.plan import make_plan
+from rayagg.rundir.metrics import read_metrics
+from rayagg.loop import execute
+from rayagg.rundir.manifest import RunState
+from rayagg.runtime.runner import RayRunner
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def ray_run(ray_session, tiny_config, tiny_plan, tmp_path_factory):
-    runner = InspectingRunner(tiny_plan)
+    runner = RayRunner(tiny_plan)
     out = tmp_path_factory.mktemp("ray-run")
-    records = execute(runner, out, echo=lambda line: None)
-    return runner, records, out
+    records, inspected = inspected_run(runner, out)
+    return runner, records, out, inspected
 
 
 def test_one_live_actor_per_node_with_its_tiers_resources(ray_run, tiny_plan):
-    runner, _, _ = ray_run
-    alive = [a for a in runner.inspected["actors"] if a.state == "ALIVE"]
+    runner, _, _, inspected = ray_run
+    alive = [a for a in inspected["actors"] if a.state == "ALIVE"]
     actors = {a.name: a for a in alive if a.class_name == "NodeHost"}
     assert sorted(actors) == sorted(tiny_plan.tree.nodes)
     assert [a.name for a in alive if a.class_name == "SupervisorActor"] == ["supervisor"]
@@ -42,26 +44,26 @@ def test_one_live_actor_per_node_with_its_tiers_resources(ray_run, tiny_plan):
 
 
 def test_actors_see_no_gpu_and_threads_follow_cpus(ray_run):
-    runner, _, _ = ray_run
+    runner, _, _, inspected = ray_run
     for info in runner.placement.values():
-        assert info["cuda_visible_devices"] == "" and info["device"] == "cpu"
-        assert info["torch_threads"] == 1  # every tiny tier asks for under 2 CPUs
+        assert info.cuda_visible_devices == "" and info.device == "cpu"
+        assert info.torch_threads == 1  # every tiny tier asks for under 2 CPUs
 
 
 def test_root_holds_every_bridge_sample(ray_run, tiny_plan):
-    runner, _, _ = ray_run
-    counts = runner.inspected["counts"]
+    runner, _, _, inspected = ray_run
+    counts = inspected["counts"]
     assert counts[tiny_plan.tree.root] == sum(len(s) for s in tiny_plan.shards.values())
     for node, count in counts.items():
         assert count == sum(len(tiny_plan.shards[leaf]) for leaf in tiny_plan.tree.leaves(node))
 
 
 def test_only_codes_labels_and_logits_cross_actor_boundaries(ray_run, tiny_plan):
-    runner, _, _ = ray_run
+    runner, _, _, inspected = ray_run
     channels, height, width = tiny_plan.image_shape
     code_shape = (4, height // 4, width // 4)
     kinds = set()
-    for node, log in runner.inspected["wire"].items():
+    for node, log in inspected["wire"].items():
         for entry in log:
             kinds.add(entry["kind"])
             if entry["kind"] == "bridge_samples":
@@ -69,13 +71,13 @@ def test_only_codes_labels_and_logits_cross_actor_boundaries(ray_run, tiny_plan)
             else:
                 assert entry["sample_shapes"] == ((tiny_plan.num_classes,),)
     assert kinds == {"bridge_samples", "logits"}
-    leaf_log = runner.inspected["wire"]["device-0"]
+    leaf_log = inspected["wire"]["device-0"]
     assert {(e["direction"], e["kind"]) for e in leaf_log} == {
         ("sent", "bridge_samples"), ("sent", "logits"), ("received", "logits")}
 
 
 def test_metrics_and_plot_written_and_cloud_learns(ray_run, tiny_plan, tiny_config):
-    _, records, out = ray_run
+    _, records, out, _ = ray_run
     assert (out / "metrics.parquet").is_file() and (out / "accuracy.png").is_file()
     assert len(records) == tiny_config.training.rounds * len(tiny_plan.tree.nodes)
     cloud = [r.accuracy for r in records if r.node == tiny_plan.tree.root]
@@ -83,8 +85,8 @@ def test_metrics_and_plot_written_and_cloud_learns(ray_run, tiny_plan, tiny_conf
 
 
 def test_live_view_shows_every_node_where_it_runs(ray_run, tiny_plan):
-    runner, records, _ = ray_run
-    view = runner.inspected["live"]["view"]  # RUN_DIR/live.json as the run's last round left it
+    runner, records, _, inspected = ray_run
+    view = inspected["live"]["view"]  # RUN_DIR/live.json as the run's last round left it
     last = max(r.round for r in records)
     assert (view["done"], view["rounds"], view["in_flight"]) == (last, last, [])
     nodes = {row["node"]: row for row in view["nodes"]}
@@ -99,7 +101,7 @@ def test_live_view_shows_every_node_where_it_runs(ray_run, tiny_plan):
 
 
 def test_ray_and_in_process_driver_agree(ray_run, local_run):
-    _, ray_records, _ = ray_run
+    _, ray_records, _, _ = ray_run
     local_records, _, _ = local_run  # run with one torch thread, as every tiny actor runs
     ray_acc = {(r.round, r.node): r.accuracy for r in ray_records}
     local_acc = {(r.round, r.node): r.accuracy for r in local_records}
@@ -127,7 +129,7 @@ def test_sigterm_mid_round_then_resume_equals_the_uninterrupted_run(ray_run, tin
     checkpointed (no round is trained twice, none half), the exit code is 143, and a
     resume reproduces the uninterrupted run (the ray_run fixture) exactly. The run packs
     edges and devices two to a host: packing changes processes, never results."""
-    _, uninterrupted, _ = ray_run
+    _, uninterrupted, _, _ = ray_run
     config = packed(tiny_config, edge=2, device=2)
     plan = replace(tiny_plan, config=config)
     config_file, out = tmp_path / "tiny.yaml", tmp_path / "run"
@@ -136,10 +138,10 @@ def test_sigterm_mid_round_then_resume_equals_the_uninterrupted_run(ray_run, tin
     assert code == 143, output
     assert "stopping after the rounds in flight" in output and "Traceback" not in output
     assert "*** SIGTERM received" not in output  # Ray's own handler would have aborted
-    state = rundir.load_for_resume(out, plan) if RunState.load(out).round < 2 else None
+    state = load_for_resume(out, plan) if RunState.load(out).round < 2 else None
     assert RunState.load(out).round >= 1
     if state is not None:
-        execute(RayRunner(plan), out, echo=lambda line: None, resume=state)
+        execute(RayRunner(plan), out, resume=state)
     resumed = read_metrics(out / "metrics.parquet")
     assert sorted((r.round, r.node, r.accuracy, r.loss) for r in resumed) == \
         sorted((r.round, r.node, r.accuracy, r.loss) for r in uninterrupted)

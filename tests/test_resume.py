@@ -1,19 +1,23 @@
 """Stopping and resuming with the in-process driver: a stop at any point, then a resume,
 gives exactly the metrics of the uninterrupted run; checkpoints are consistent cuts.
 
-The Ray runtime shares this loop (rayagg/run.py); tests/test_ray_runtime.py stops a
+The Ray runtime shares this loop (rayagg/loop.py); tests/test_ray_runtime.py stops a
 real Ray run with a real SIGTERM mid-round and checks the same equality there.
 """
 import signal
 
 import pytest
 
-from rayagg import rundir
+from rayagg.core.schedule import LEARN, SAVE
 from rayagg.driver import LocalRunner
-from rayagg.metrics import read_metrics
-from rayagg.plan import make_plan
-from rayagg.run import StopSignals, Stopped, execute
-from rayagg.rundir import RunState
+from rayagg.errors import RunDirError
+from rayagg.learning.plan import make_plan
+from rayagg.loop import execute
+from rayagg.observe import RunObserver
+from rayagg.rundir.manifest import RunState
+from rayagg.rundir.metrics import read_metrics
+from rayagg.rundir.resume import load_for_resume
+from rayagg.stopping import StopSignals, Stopped
 
 ROUNDS = 3  # quick_config's
 
@@ -32,7 +36,7 @@ def measured(records):
 def uninterrupted_run(quick_plan, tiny_dataset, tmp_path_factory):
     """The run every stopped one is compared with: (its run directory, what it measured)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    return out, measured(execute(LocalRunner(quick_plan, tiny_dataset), out, echo=lambda line: None))
+    return out, measured(execute(LocalRunner(quick_plan, tiny_dataset), out))
 
 
 @pytest.fixture(scope="module")
@@ -40,38 +44,32 @@ def uninterrupted(uninterrupted_run):
     return uninterrupted_run[1]
 
 
-class Interrupted(LocalRunner):
-    """Calls ``trigger(stop)`` at one point of a run: 'start' (end of start-up), 'learn'
-    (inside the root's ``learn_call``-th learn: mid-round) or 'checkpoint' (after the node
-    files of round ``at_round`` are written, before the manifest commits them)."""
+class StopAt(RunObserver):
+    """Calls ``trigger(stop)`` at one point of a run: 'start' (the tree is up), 'learn'
+    (when the root's ``number``-th learn finished: mid-round), 'echo' (round ``number`` is
+    collected: its line is printed, its checkpoint not yet committed) or 'checkpoint'
+    (after the node files of round ``number`` are written, before the manifest commits
+    them)."""
 
-    def __init__(self, plan, dataset, stop, point, trigger, learn_call=0, at_round=0):
-        super().__init__(plan, dataset)
-        self.stop, self.point, self.trigger = stop, point, trigger
-        self.learn_call, self.at_round = learn_call, at_round
+    def __init__(self, plan, stop, point, trigger, number):
+        self.stop, self.point, self.trigger, self.number = stop, point, trigger, number
+        self.root, self.last_node, self.learns = plan.tree.root, plan.tree.nodes[-1], 0
 
-    def start(self, run_dir=None, resume=None):
-        super().start(run_dir, resume)
+    def run_started(self, run):
         if self.point == "start":
             self.trigger(self.stop)
-        if self.point == "learn":
-            root = self.nodes[self.tree.root]
-            learn, calls = root.learn, []
 
-            def learn_then_trigger(leaves, teacher):
-                loss = learn(leaves, teacher)
-                calls.append(1)
-                if len(calls) == self.learn_call:
-                    self.trigger(self.stop)
-                return loss
-
-            root.learn = learn_then_trigger
-
-    def save_checkpoints(self, directory):
-        digests = super().save_checkpoints(directory)
-        if self.point == "checkpoint" and self.round_index == self.at_round:
+    def step_finished(self, round_index, node, call, value):
+        if self.point == "learn" and node == self.root and call == LEARN:
+            self.learns += 1
+            if self.learns == self.number:
+                self.trigger(self.stop)
+        if self.point == "checkpoint" and round_index == self.number and call == SAVE and node == self.last_node:
             self.trigger(self.stop)
-        return digests
+
+    def round_collected(self, result, records):
+        if self.point == "echo" and result.round == self.number:
+            self.trigger(self.stop)
 
 
 def once(stop):
@@ -99,24 +97,17 @@ def test_stop_then_resume_equals_the_uninterrupted_run(case, quick_plan, tiny_da
                                                        tmp_path):
     point, trigger, number, abandoned, resumes_after = CASES[case]
     stop = StopSignals(echo=lambda line: None)
-
-    def echo(line):
-        if point == "echo" and line.startswith(f"round {number}/"):
-            trigger(stop)
-
-    runner = Interrupted(quick_plan, tiny_dataset, stop, point, trigger,
-                         learn_call=number, at_round=number)
     with pytest.raises(Stopped) as info:
-        execute(runner, tmp_path, echo=echo, stop=stop)
+        execute(LocalRunner(quick_plan, tiny_dataset), tmp_path, stop=stop,
+                observers=[StopAt(quick_plan, stop, point, trigger, number)])
     assert info.value.abandoned is abandoned
     assert info.value.checkpoint_round == resumes_after
     assert info.value.exit_code == 128 + info.value.signum
-    state = rundir.load_for_resume(tmp_path, quick_plan)
+    state = load_for_resume(tmp_path, quick_plan)
     assert state.round == resumes_after
     on_disk = {p.name for p in (tmp_path / "checkpoints").glob("round-*")}
     assert ({f"round-{resumes_after:04d}"} if resumes_after else set()) <= on_disk
-    records = execute(LocalRunner(quick_plan, tiny_dataset), tmp_path, echo=lambda line: None,
-                      resume=state)
+    records = execute(LocalRunner(quick_plan, tiny_dataset), tmp_path, resume=state)
     assert measured(records) == uninterrupted
     assert measured(read_metrics(tmp_path / "metrics.parquet")) == uninterrupted
     assert RunState.load(tmp_path).round == ROUNDS
@@ -136,8 +127,8 @@ def test_a_checkpoint_holds_every_live_node_and_the_manifest_verifies_them(quick
 
 def test_a_new_run_never_writes_over_a_run(quick_plan, tiny_dataset, tmp_path):
     (tmp_path / "config.yaml").write_text("name: earlier\n")
-    with pytest.raises(rundir.RunDirError, match="already holds a run"):
-        execute(LocalRunner(quick_plan, tiny_dataset), tmp_path, echo=lambda line: None)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        execute(LocalRunner(quick_plan, tiny_dataset), tmp_path)
     assert (tmp_path / "config.yaml").read_text() == "name: earlier\n"
 
 

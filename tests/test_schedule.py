@@ -1,9 +1,8 @@
 """The round's steps and the critical path through measured steps (pure, no Ray)."""
 import pytest
 
-from rayagg.schedule import (EVALUATE, LEARN, LOGITS, SAVE, Step, Timing, critical_path, logit_bytes,
-                             match_timings, round_steps)
-from rayagg.tree import Tree
+from rayagg.core.schedule import (EVALUATE, LEARN, LOGITS, SAVE, CallTrace, Step, Timing, critical_path, logit_bytes, match_timings, round_steps)
+from rayagg.core.tree import Tree
 
 TREE = Tree.balanced(["cloud", "edge", "device"], [1, 2, 4])  # edge-0: device-0, 1; edge-1: 2, 3
 
@@ -86,7 +85,7 @@ def test_traces_match_steps_node_by_node_in_order():
     steps = round_steps(TREE, TREE.leaves, scored=["cloud-0"])
     traces = {}
     for number, step in enumerate(steps):
-        traces.setdefault(step.node, []).append((step.call, float(number), 0.5))
+        traces.setdefault(step.node, []).append(CallTrace(step.call, float(number), 0.5, 0.5))
     timed = match_timings([steps], traces)
     assert [t.seconds for t in timed[0]] == [float(n) for n in range(len(steps))]
 
@@ -95,11 +94,11 @@ def test_a_trace_that_does_not_fit_is_an_error_naming_the_node():
     steps = round_steps(TREE, TREE.leaves)
     traces = {}
     for step in steps:
-        traces.setdefault(step.node, []).append((step.call, 1.0, 1.0))
+        traces.setdefault(step.node, []).append(CallTrace(step.call, 1.0, 1.0, 1.0))
     missing = {**traces, "cloud-0": traces["cloud-0"][:-1]}
     with pytest.raises(ValueError, match="cloud-0"):
         match_timings([steps], missing)
-    extra = {**traces, "edge-0": traces["edge-0"] + [("evaluate", 1.0, 1.0)]}
+    extra = {**traces, "edge-0": traces["edge-0"] + [CallTrace("evaluate", 1.0, 1.0, 1.0)]}
     with pytest.raises(ValueError, match="edge-0"):
         match_timings([steps], extra)
     swapped = {**traces, "device-0": list(reversed(traces["device-0"]))}

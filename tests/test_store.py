@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayagg.errors import CheckpointError
-from rayagg.node import BridgeSamples
-from rayagg.store import FORMAT_VERSION, read_bridge_samples, store_path, write_bridge_samples
+from rayagg.learning.node import BridgeSamples
+from rayagg.rundir.store import FORMAT_VERSION, read_bridge_samples, store_path, write_bridge_samples
 
 SHAPE = (4, 2, 3)
 

@@ -1,4 +1,4 @@
-"""What `rayagg submit` sends and how `rayagg jobs` reads a job (rayagg/jobs.py), without Ray."""
+"""What `rayagg submit` sends and how `rayagg jobs` reads a job (rayagg/client/jobs.py), without Ray."""
 import shlex
 import socket
 import time
@@ -7,10 +7,13 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from rayagg import jobs
+from rayagg.client import jobs
 from rayagg.cli import main
 from rayagg.config import parse_config_text
 from rayagg.errors import JobError
+
+
+pytestmark = pytest.mark.ray
 
 
 def test_a_new_run_carries_its_config_and_an_absolute_run_dir(tiny_config):

@@ -4,16 +4,16 @@ import dataclasses
 
 import pytest
 
+from rayagg.core.actions import (DeclareDead, DropLeaf, FailurePolicy, NoSurvivorError, Reason, Rejoin, Reparent,
+                                 Restart, describe)
+from rayagg.core.supervision import (SupervisorState, dead_after_s, decide, heartbeat, heartbeat_ages, heartbeats,
+                                     leave, place, rejoin, report_death, status)
+from rayagg.core.tree import Tree
 from rayagg.errors import ConfigError, RayaggError
-from rayagg.supervision import (
-    DeclareDead, DropLeaf, NoSurvivorError, Policy, Reason, Rejoin, Reparent, Restart,
-    SupervisorState, dead_after_s, decide, describe, heartbeat, heartbeat_ages, heartbeats, place, rejoin,
-    report_death,
-)
-from rayagg.tree import Tree
+from rayagg.nodes import NodeStatus
 
 
-def make_state(policy=Policy(), load=None, counts=(1, 3, 9), t=0.0) -> SupervisorState:
+def make_state(policy=FailurePolicy(), load=None, counts=(1, 3, 9), t=0.0) -> SupervisorState:
     """Supervision starting at ``t`` with every node's heartbeat seen at ``t``."""
     state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], counts), t,
                                   policy=policy, load=load)
@@ -178,7 +178,7 @@ def test_no_survivor_raises_naming_node_tier_and_orphans():
 
 
 def test_root_death_restarts_until_exhausted():
-    state = make_state(policy=Policy(max_restarts=2))
+    state = make_state(policy=FailurePolicy(max_restarts=2))
     for count, now in [(1, 1.0), (2, 2.0)]:
         state, actions = decide(report_death(state, "cloud-0"), now)
         assert actions[-1] == Restart("cloud-0", count)
@@ -204,8 +204,22 @@ def test_a_restarted_node_is_not_timed_out_before_its_first_heartbeat():
     assert declared(actions) == ["cloud-0"]
 
 
+def test_a_nodes_status_follows_its_lifecycle():
+    state = make_state()
+    assert status(state, "device-0") == NodeStatus.LIVE
+    state, _ = decide(report_death(state, "device-0"), 1.0)
+    assert status(state, "device-0") == NodeStatus.DEAD
+    state, _ = decide(report_death(state, "cloud-0"), 1.0)
+    assert status(state, "cloud-0") == NodeStatus.STARTING  # restarted, not heard from yet
+    assert status(heartbeat(state, "cloud-0", 2.0), "cloud-0") == NodeStatus.LIVE
+    state, _ = leave(state, "device-1")
+    assert status(state, "device-1") == NodeStatus.LEFT
+    assert status(state, "device-99") == NodeStatus.UNUSED  # an elastic name that never joined
+    assert [s for s in NodeStatus if s.running] == [NodeStatus.STARTING, NodeStatus.LIVE]
+
+
 def test_root_restart_disabled_raises():
-    state = report_death(make_state(policy=Policy(restart_root=False)), "cloud-0")
+    state = report_death(make_state(policy=FailurePolicy(restart_root=False)), "cloud-0")
     with pytest.raises(NoSurvivorError, match="disabled"):
         decide(state, 1.0)
 
@@ -218,7 +232,7 @@ def test_root_handled_before_edges_in_the_same_tick():
 
 
 def test_a_replaced_edge_keeps_its_children_until_its_restarts_are_spent():
-    state = report_death(make_state(policy=Policy(replace_dead=True, max_restarts=1)), "edge-1")
+    state = report_death(make_state(policy=FailurePolicy(replace_dead=True, max_restarts=1)), "edge-1")
     state, actions = decide(state, 1.0)
     assert actions == [DeclareDead("edge-1", Reason.ACTOR_DIED, pytest.approx(1.0)), Restart("edge-1", 1)]
     assert "edge-1" not in state.dead and state.tree.children("edge-1") == ["device-3", "device-4", "device-5"]
@@ -229,7 +243,7 @@ def test_a_replaced_edge_keeps_its_children_until_its_restarts_are_spent():
 
 
 def test_no_orphan_goes_to_an_edge_replaced_in_the_same_tick():
-    state = make_state(policy=Policy(replace_dead=True, max_restarts=1))
+    state = make_state(policy=FailurePolicy(replace_dead=True, max_restarts=1))
     state = dataclasses.replace(state, restarts={"edge-0": 1})  # edge-0 may not come back
     state = report_death(report_death(state, "edge-0"), "edge-1")
     state, actions = decide(state, 1.0)
@@ -239,7 +253,7 @@ def test_no_orphan_goes_to_an_edge_replaced_in_the_same_tick():
 
 
 def test_replaced_edge_keeps_its_children_when_no_peer_survives():
-    state = make_state(policy=Policy(replace_dead=True), counts=(1, 1, 3))
+    state = make_state(policy=FailurePolicy(replace_dead=True), counts=(1, 1, 3))
     state, actions = decide(report_death(state, "edge-0"), 1.0)
     assert actions[1:] == [Restart("edge-0", 1)]
     assert state.tree.children("edge-0") == ["device-0", "device-1", "device-2"]
@@ -250,7 +264,7 @@ def test_replaced_edge_keeps_its_children_when_no_peer_survives():
 
 def test_decide_does_not_mutate_its_input():
     load = {"edge-0": 7, "device-3": 2}
-    state = report_death(make_state(policy=Policy(replace_dead=True), load=load), "edge-1")
+    state = report_death(make_state(policy=FailurePolicy(replace_dead=True), load=load), "edge-1")
     state = report_death(state, "cloud-0")
     snapshot = copy.deepcopy(state)
     decide(state, 6.0)
@@ -271,10 +285,10 @@ def test_describe_is_one_readable_line():
 
 
 def test_policy_deadline_and_validation():
-    assert Policy(heartbeat_interval_s=0.5, max_missed=4).deadline_s == pytest.approx(2.0)
+    assert FailurePolicy(heartbeat_interval_s=0.5, max_missed=4).deadline_s == pytest.approx(2.0)
     for bad in [dict(heartbeat_interval_s=0.0), dict(max_missed=0), dict(max_restarts=-1)]:
         with pytest.raises(ConfigError):
-            Policy(**bad)
+            FailurePolicy(**bad)
 
 
 def test_unknown_node_death_is_rejected_and_its_heartbeat_ignored():
@@ -303,7 +317,7 @@ def test_a_dead_leaf_rejoins_under_the_least_loaded_live_parent():
 
 
 def test_rejoin_spends_restarts_and_refuses_live_nodes():
-    state = kill_device_3(make_state(policy=Policy(max_restarts=1)), 1.0)
+    state = kill_device_3(make_state(policy=FailurePolicy(max_restarts=1)), 1.0)
     with pytest.raises(ValueError, match="not a dead leaf"):
         rejoin(state, "device-4", now=1.0)
     state, _ = rejoin(state, "device-3", now=2.0)

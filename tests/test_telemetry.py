@@ -4,22 +4,24 @@ kept and re-sent. That the values reach Ray's Prometheus endpoint needs a Ray he
 was checked by hand (see the module docstring)."""
 import dataclasses
 import threading
+import types
 
 import pytest
 
-from rayagg.events import Event, EventKind
-from rayagg.metrics import NodeMetrics
-from rayagg.runtime.telemetry import (
-    COUNTER, GAUGE, METRICS, RaySink, RunTelemetry, event_rows, heartbeat_rows, round_rows, tier_of_name,
-)
-from rayagg.supervision import SupervisorState, heartbeats
-from rayagg.tree import Tree
+from rayagg.core.events import Event, EventKind
+from rayagg.core.schedule import RoundResult, round_steps
+from rayagg.core.supervision import SupervisorState, heartbeats
+from rayagg.core.tree import Tree
+from rayagg.nodes import tier_of
+from rayagg.rundir.metrics import NodeMetrics
+from rayagg.runtime.telemetry import (COUNTER, GAUGE, METRICS, RaySink, RunTelemetry, TelemetryObserver, event_rows,
+                                      heartbeat_rows, round_rows)
 
 TIERS = ["cloud", "edge", "device"]
 
 
 def record(node, accuracy, seconds=1.0, round_index=3, round_s=10.0, **load):
-    return NodeMetrics(round_index, node, tier_of_name(node), accuracy, 1.0 - accuracy, seconds, round_s,
+    return NodeMetrics(round_index, node, tier_of(node), accuracy, 1.0 - accuracy, seconds, round_s,
                        **load)
 
 
@@ -113,10 +115,22 @@ def test_events_count_per_kind_and_tier():
     assert event_rows("r", []) == []
 
 
-def test_tier_of_name_keeps_dashes_inside_tier_names():
-    assert tier_of_name("edge-12") == "edge"
-    assert tier_of_name("far-edge-3") == "far-edge"
-    assert tier_of_name("") == ""
+def test_the_observer_sends_each_round_with_the_bytes_its_last_submitted_steps_sent(tiny_config):
+    tree = Tree.balanced(TIERS, [1, 2, 4])
+    plan = types.SimpleNamespace(config=tiny_config, shard_sizes={leaf: 8 for leaf in tree.nodes_of_tier(2)},
+                                 num_classes=10)
+    sink = Recorder()
+    observer = TelemetryObserver("r", plan, RunTelemetry("r", sink, period_s=None))
+    observer.round_submitted(3, round_steps(tree, tree.leaves), attempt=1)
+    retried = round_steps(tree, tree.leaves, dead=["edge-1"])  # the retry after edge-1 died
+    observer.round_submitted(3, retried, attempt=2)
+    observer.round_collected(RoundResult(3, {}, None, 10.0), a_round())
+    # With edge-1 dead, three pairs run: edge-0/cloud-0 over 16 bridge samples, device-0
+    # and device-1 with edge-0 over 8 each; each pair sends 4-byte x 10-class logits both ways.
+    sent = 2 * 4 * 10 * (16 + 8 + 8)
+    assert values(sink.batches[-1], "rayagg_last_round_moved_bytes") == {"": sent}
+    observer.event(Event.now(3, EventKind.DECLARE_DEAD, "edge-1", ""))
+    assert values(sink.batches[-1], "rayagg_events_total", "kind") == {"declare_dead": 1}
 
 
 # ------------------------------------------------------------------ heartbeats
@@ -228,6 +242,7 @@ def test_metric_names_are_valid_and_counters_end_in_total():
         assert name.endswith("_total") == (spec.kind == COUNTER), name
 
 
+@pytest.mark.ray
 def test_ray_sink_accepts_every_row_without_ray_and_rejects_a_missing_tag():
     import ray
 

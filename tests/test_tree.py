@@ -1,7 +1,7 @@
 """Tree topology: names, subtrees, the round's pair order, re-parenting rules."""
 import pytest
 
-from rayagg.tree import Tree
+from rayagg.core.tree import Tree
 
 
 @pytest.fixture

@@ -1,6 +1,3 @@
 """The Ray runtime: host actors carrying tree nodes, the runner that drives them,
-supervision and recovery, resource checks."""
-from rayagg.runtime.cluster import connect
-from rayagg.runtime.runner import RayRunner
-
-__all__ = ["RayRunner", "connect"]
+supervision and recovery, resource checks. Import what you need from its modules
+(``rayagg.runtime.runner.RayRunner``); importing this package imports no Ray."""

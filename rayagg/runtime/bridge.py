@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayagg.tree import Tree, training_leaves
-
-__all__ = ["BridgeRoutes", "training_leaves"]
+from rayagg.core.tree import Tree, training_leaves
 
 
 class BridgeRoutes:

@@ -1,6 +1,6 @@
-"""The host actor: a thin Ray shell around one or more :class:`~rayagg.node.NodeState`.
+"""The host actor: a thin Ray shell around one or more :class:`~rayagg.learning.node.NodeState`.
 
-A host carries the nodes its tier's packing gives it (rayagg/packing.py). Every call
+A host carries the nodes its tier's packing gives it (rayagg/core/packing.py). Every call
 names the node it is for; Ray runs one host's calls in submission order, so each node
 does the same work in the same order as in the in-process driver, while hosts run in
 parallel. The nodes of a host share what never changes: one torch, one frozen
@@ -21,17 +21,38 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import ray
 import torch
 
-from rayagg import checkpoint, packing
+from rayagg.core import packing
+from rayagg.core.schedule import CallTrace, Scores
 from rayagg.errors import NodeStoppedError
-from rayagg.node import BridgeSamples, LocalData, NodeState
-from rayagg.plan import Plan, build_node, evaluation_split, frozen_autoencoder, load_data, local_data
-from rayagg.rundir import probe_run_dir
+from rayagg.learning.node import BridgeSamples, LocalData, NodeState
+from rayagg.learning.plan import Plan, build_node, evaluation_split, frozen_autoencoder, load_data, local_data
+from rayagg.nodes import describe_nodes
+from rayagg.rundir import checkpoint
+from rayagg.rundir.directory import probe_run_dir
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """Where a host runs, with what and for whom (its ``ready`` answer): the runner's
+    placement record, the live view's machine column, the bench's peak memory."""
+
+    host: str
+    nodes: list[str]
+    pid: int
+    ip: str
+    ray_node_id: str
+    torch_threads: int
+    device: str
+    cuda_visible_devices: Optional[str]
+    rss_mb: float
+    peak_rss_mb: float
 
 
 def torch_threads(num_cpus: float) -> int:
@@ -54,7 +75,7 @@ class NodeHost:
         self._nodes: dict[str, NodeState] = {}
         self._stopped: set[str] = set()
         self._wire: dict[str, Counter[tuple]] = {}
-        self._trace: Optional[dict[str, list[tuple[str, float, float, float]]]] = None  # see start_trace
+        self._trace: Optional[dict[str, list[CallTrace]]] = None  # see start_trace
         # A constructor that raises leaves the driver only "ActorDiedError", the cause
         # buried in the actor's log; kept here, ``ready`` raises it where the driver sees it.
         self._start_error: Optional[BaseException] = None
@@ -134,17 +155,14 @@ class NodeHost:
 
         threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
 
-    def ready(self) -> dict[str, Any]:
-        """Where this host runs, with what and for whom: for the runner's start-up check,
-        benchmarks and tests. Raises the constructor's exception if building failed."""
+    def ready(self) -> HostReport:
+        """Where this host runs, with what and for whom. Raises the constructor's exception
+        if building failed."""
         if self._start_error is not None:
             raise self._start_error
-        context = ray.get_runtime_context()
-        return {"host": self._name, "nodes": list(self._nodes), "pid": os.getpid(),
-                "ip": ray.util.get_node_ip_address(),
-                "ray_node_id": context.get_node_id(), "torch_threads": torch.get_num_threads(),
-                "device": str(self._device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb()}
+        return HostReport(self._name, list(self._nodes), os.getpid(), ray.util.get_node_ip_address(),
+                          ray.get_runtime_context().get_node_id(), torch.get_num_threads(), str(self._device),
+                          os.environ.get("CUDA_VISIBLE_DEVICES"), _rss_mb(), _peak_rss_mb())
 
     def probe_run_dir(self, run_dir: str, token: str) -> Optional[str]:
         """None when RUN_DIR is usable from this host's machine, else why not (see
@@ -191,12 +209,12 @@ class NodeHost:
         self._traced(node, "learn", started, state.work_s - work)
         return loss
 
-    def evaluate(self, node: str) -> tuple[float, float, float]:
-        """(test accuracy, test loss, seconds of training work since the last call)."""
+    def evaluate(self, node: str) -> Scores:
+        """Test accuracy and loss, and the seconds of training work since the last call."""
         started, state = _clocks(), self._state(node)
-        scores = state.evaluate(*self._test)
+        accuracy, loss = state.evaluate(*self._test)
         self._traced(node, "evaluate", started, time.perf_counter() - started[0])
-        return (*scores, state.take_work_s())
+        return Scores(accuracy, loss, state.take_work_s())
 
     def bridge_sample_count(self, node: str) -> int:
         return self._state(node).bridge_sample_count
@@ -222,12 +240,11 @@ class NodeHost:
 
     def start_trace(self) -> None:
         """From now on, records each logits, learn, evaluate and save_checkpoint call per
-        node, in the order they run: (call, seconds in this actor, of which torch work, CPU
-        seconds it used).
-        For `rayagg bench`, which finds the critical path from them; off by default."""
+        node, in the order they run (a ``CallTrace`` each). For `rayagg bench`, which finds
+        the critical path from them; off by default."""
         self._trace = {}
 
-    def take_trace(self) -> dict[str, list[tuple[str, float, float, float]]]:
+    def take_trace(self) -> dict[str, list[CallTrace]]:
         """The calls recorded since the last take (tracing goes on)."""
         trace = self._trace or {}
         if self._trace is not None:
@@ -240,7 +257,7 @@ class NodeHost:
         """``started``: :func:`_clocks` when the call began."""
         if self._trace is not None:
             wall, cpu = _clocks()
-            self._trace.setdefault(node, []).append((call, wall - started[0], torch_s, cpu - started[1]))
+            self._trace.setdefault(node, []).append(CallTrace(call, wall - started[0], torch_s, cpu - started[1]))
 
     def _state(self, node: str) -> NodeState:
         if node in self._stopped:
@@ -249,7 +266,7 @@ class NodeHost:
             return self._nodes[node]
         except KeyError:
             raise KeyError(f"host {self._name} does not carry {node} "
-                           f"(it carries {packing.describe_nodes(list(self._nodes)) or 'nothing'})") from None
+                           f"(it carries {describe_nodes(self._nodes) or 'nothing'})") from None
 
     def _record(self, node: str, direction: str, kind: str, *shapes: tuple[int, ...]) -> None:
         # Per-sample shapes (batch dimension dropped) keep the log bounded over many rounds.

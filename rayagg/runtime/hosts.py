@@ -1,24 +1,28 @@
 """The run's host actors: which host carries which node, and their lifecycle.
 
-The packing (rayagg/packing.py) fixes each host's name, tier and nodes, so a host's
+The packing (rayagg/core/packing.py) fixes each host's name, tier and nodes, so a host's
 Ray request is always the sum of its laid-out nodes' requests. A host that dies is
 created again under the same name (and the same request) when one of its nodes is
 restarted, re-joins or (elastic devices) joins; a node that dies or leaves alone is
 forgotten by its host, whose other nodes carry on; a host left with no node is killed,
-which frees its resources (and lets an autoscaler remove an idle machine).
+which frees its resources (and lets an autoscaler remove an idle machine). The pool
+calls the run's fault hook (rayagg/runtime/faults.py) after each call it submits and
+after hosts start.
 """
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import ray
 
-from rayagg import packing, rundir
+from rayagg.core import packing
 from rayagg.errors import NodeTimeoutError, RunDirError
-from rayagg.plan import Plan
+from rayagg.learning.plan import Plan
+from rayagg.rundir.directory import end_probe, start_probe
 from rayagg.runtime.cluster import cluster_nodes
-from rayagg.runtime.host import NodeHost
+from rayagg.runtime.faults import FaultAt, FaultHook, FaultPoint, no_faults
+from rayagg.runtime.host import HostReport, NodeHost
 from rayagg.runtime.resources import actor_options, ray_request
 from rayagg.runtime.waiting import Call, await_all, kill
 
@@ -26,16 +30,18 @@ from rayagg.runtime.waiting import Call, await_all, kill
 class HostPool:
     """Creates, revives and stops the host actors of one run, and routes calls to nodes."""
 
-    def __init__(self, plan: Plan, namespace: str, *, heartbeat_interval_s: float, timeout_s: float):
+    def __init__(self, plan: Plan, namespace: str, *, heartbeat_interval_s: float, timeout_s: float,
+                 faults: FaultHook = no_faults):
         self._plan = plan
         self._namespace = namespace
         self._interval_s = heartbeat_interval_s
         self._timeout_s = timeout_s
+        self._faults = faults
         self.layout = {host.name: host for host in packing.pack(plan.config)}
         self.home = packing.home_hosts(list(self.layout.values()))
         self.handles: dict[str, Any] = {}  # host -> actor handle, for hosts alive
         self.carried: dict[str, set[str]] = {}  # host -> the nodes it runs now
-        self.placement: dict[str, dict] = {}  # host -> its ready() answer (pid, Ray node, ...)
+        self.placement: dict[str, HostReport] = {}  # host -> where it runs (its ready() answer)
         self._plan_ref: Any = None
         self._supervisor: Any = None
 
@@ -55,12 +61,12 @@ class HostPool:
         """Raises RunDirError unless every host sees RUN_DIR as the driver does and can write
         there: a run directory on one machine's own disk fails here, at start-up, rather
         than at the first checkpoint of a node on another machine."""
-        token = rundir.start_probe(run_dir)
+        token = start_probe(run_dir)
         try:
-            answers = await_all([(host, "probe_run_dir", handle.probe_run_dir.remote(str(run_dir), token))
+            answers = await_all([Call(host, "probe_run_dir", handle.probe_run_dir.remote(str(run_dir), token))
                                  for host, handle in self.handles.items()], self._timeout_s)
         finally:
-            rundir.end_probe(run_dir)
+            end_probe(run_dir)
         problems = [answer for answer in answers if answer is not None]
         if problems:
             raise RunDirError(f"{run_dir} is not usable from every machine of the run: "
@@ -79,7 +85,16 @@ class HostPool:
 
     def call(self, node: str, method: str, *args: Any) -> Call:
         """Submits ``host.method(node, *args)`` to ``node``'s host."""
-        return node, method, getattr(self.actor(node), method).remote(node, *args)
+        call = Call(node, method, getattr(self.actor(node), method).remote(node, *args))
+        self._faults(FaultPoint(FaultAt.CALL_SUBMITTED, node=node, method=method))
+        return call
+
+    def ask(self, nodes: Sequence[str], method: str, *args: Any) -> dict[str, Any]:
+        """``method`` of each of ``nodes`` (on their hosts, after the calls queued before),
+        waited for by the start-up timeout without recovery; node -> its answer. For
+        tools and tests that look at a run's nodes from an observer."""
+        calls = [self.call(node, method, *args) for node in nodes]
+        return dict(zip(nodes, await_all(calls, self._timeout_s)))
 
     def nodes_of_actor(self, actor_id: str) -> set[str]:
         """The nodes a (dead) host actor runs; empty for an actor already retired or
@@ -115,7 +130,7 @@ class HostPool:
         for node in nodes:
             host = self.home[node]
             if host in self.handles:
-                adding.append((node, "add_node", self.handles[host].add_node.remote(node)))
+                adding.append(Call(node, "add_node", self.handles[host].add_node.remote(node)))
                 self.carried[host].add(node)
             else:
                 creating.setdefault(host, []).append(node)
@@ -141,15 +156,16 @@ class HostPool:
 
     def _wait_started(self, hosts: list[str]) -> None:
         """Waits until ``hosts`` run and heartbeat; records where each one runs."""
-        pending = [(host, "start", self.handles[host].ready.remote()) for host in hosts]
+        pending = [Call(host, "start", self.handles[host].ready.remote()) for host in hosts]
         try:
             self.placement.update(zip(hosts, await_all(pending, self._timeout_s)))
-            beats = [(host, "start_heartbeats",
-                      self.handles[host].start_heartbeats.remote(self._supervisor, self._interval_s))
+            beats = [Call(host, "start_heartbeats",
+                          self.handles[host].start_heartbeats.remote(self._supervisor, self._interval_s))
                      for host in hosts]
             await_all(beats, self._timeout_s)
         except NodeTimeoutError as exc:
             raise NodeTimeoutError(exc.node, f"{exc} — {self._unscheduled_hint(exc.node)}") from exc
+        self._faults(FaultPoint(FaultAt.HOSTS_STARTED, hosts=tuple(hosts)))
 
     def _unscheduled_hint(self, host: str) -> str:
         layout = self.layout[host]

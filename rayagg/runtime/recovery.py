@@ -13,13 +13,13 @@ from typing import Any, Callable, Iterable
 import ray
 from ray import exceptions as ray_errors
 
+from rayagg.core.actions import (Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rebalance, Rejoin, Reparent,
+                                 Restart)
+from rayagg.core.events import EventKind
+from rayagg.core.tree import Tree
 from rayagg.errors import NodeDiedError, NodeTimeoutError, RecoveryError
-from rayagg.events import EventKind
 from rayagg.runtime.bridge import BridgeRoutes
 from rayagg.runtime.hosts import HostPool
-from rayagg.supervision import (Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rebalance, Rejoin,
-                                Reparent, Restart)
-from rayagg.tree import Tree
 
 
 APPLIED = (DeclareDead, Reparent, DropLeaf, Restart, Rejoin, Join, Leave, Rebalance)  # every action kind
@@ -30,9 +30,8 @@ class Recovery:
     decided them."""
 
     def __init__(self, supervisor: Any, hosts: HostPool, bridge: BridgeRoutes, tree: Tree,
-                 dead: frozenset[str], *, timeout_s: float,
-                 log: Callable[[EventKind, str, str], None], restore: Callable[[str], None],
-                 left: frozenset[str] = frozenset()):
+                 dead: frozenset[str], left: frozenset[str], *, timeout_s: float,
+                 log: Callable[[EventKind, str, str], None], restore: Callable[[str], None]):
         self.supervisor = supervisor
         self.tree, self.dead, self.left = tree, dead, left
         self._hosts, self._bridge = hosts, bridge
@@ -92,7 +91,7 @@ class Recovery:
         for action in decision.actions:
             if not isinstance(action, APPLIED):
                 raise TypeError(f"unknown action {action!r}")
-            self._log(EventKind(action.kind.value), action.node, action.describe())
+            self._log(action.kind, action.node, action.describe())
         self._hosts.retire(a.node for a in decision.actions if isinstance(a, (DeclareDead, Leave)))
         self._repairs += decision.actions
 

@@ -1,10 +1,10 @@
 """The supervisor actor: stamps heartbeats, and answers the runner's ``tick`` with the
-pure policy's decisions (rayagg/supervision.py). It applies nothing itself: the runner
+pure policy's decisions (rayagg/core/supervision.py). It applies nothing itself: the runner
 executes the actions, so every ``ray.kill`` and actor creation has one owner.
 
 It is also the run's control point: ``rayagg scale`` finds it by name (``supervisor`` in
 the run's namespace) and leaves a request that the runner takes at the next round
-boundary (rayagg/membership.py).
+boundary (rayagg/core/membership.py).
 
 It is an async actor with ``num_cpus=0``, placed on the driver's Ray node (it shares the
 driver's fate, not a worker machine's): heartbeats never queue behind anything, and
@@ -18,25 +18,26 @@ from typing import Iterable, Mapping, Optional
 
 import ray
 
-from rayagg import balance, supervision
 from rayagg.config import Elastic
-from rayagg.membership import Request
+from rayagg.core import supervision
+from rayagg.core.actions import Decision, FailurePolicy, NoSurvivorError
+from rayagg.core.balance import BalancingPolicy
+from rayagg.core.membership import Request, ScaleReply
+from rayagg.core.supervision import SupervisorState
+from rayagg.core.tree import Tree
 from rayagg.runtime.telemetry import RunTelemetry
-from rayagg.supervision import Decision, NoSurvivorError, Policy, SupervisorState
-from rayagg.tree import Tree
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class SupervisorActor:
     """One per run, named ``supervisor`` in the run's namespace."""
 
-    def __init__(self, tree: Tree, policy: Policy, load: Mapping[str, int],
-                 dead: frozenset[str] = frozenset(), left: frozenset[str] = frozenset(),
-                 elastic: Optional[Elastic] = None, round_index: int = 0,
-                 balancing: balance.Policy = balance.Policy(), cooldown: int = 2,
-                 labels: Optional[Mapping[str, tuple[int, ...]]] = None, run: str = ""):
+    def __init__(self, tree: Tree, policy: FailurePolicy, balancing: BalancingPolicy, load: Mapping[str, int],
+                 labels: Mapping[str, tuple[int, ...]], *, dead: frozenset[str] = frozenset(),
+                 left: frozenset[str] = frozenset(), elastic: Optional[Elastic] = None, round_index: int = 0,
+                 run: str = ""):
         state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load, balancing=balancing,
-                                      cooldown=cooldown, labels=labels)
+                                      labels=labels)
         self._state = dataclasses.replace(state, dead=frozenset(dead), left=frozenset(left))
         self._elastic = elastic
         self._request: Optional[Request] = None
@@ -97,11 +98,10 @@ class SupervisorActor:
     # ------------------------------------------------------------ scale requests
 
     async def request_scale(self, devices: Optional[int] = None, add: Optional[int] = None,
-                            remove: Optional[int] = None) -> dict:
+                            remove: Optional[int] = None) -> ScaleReply:
         """A live request for the elastic tier (``rayagg scale``): exactly one of a target
         count, a number to add or to remove (relative to a request still pending, else to
-        the devices active now). Returns {"ok": bool, "message": str}; a refused request
-        changes nothing."""
+        the devices active now). A refused request changes nothing."""
         if self._elastic is None:
             return _refused("this run's leaf tier is not elastic (no tree.tiers[-1].elastic in its config)")
         if self._rounds and self._round >= self._rounds:
@@ -115,8 +115,8 @@ class SupervisorActor:
         except ValueError as exc:
             return _refused(str(exc))
         self._request = Request(target, time.time())
-        return {"ok": True, "message": f"{active} devices active now; {target} from the start of "
-                                       f"round {self._round + 1} (changes wait for a round boundary)"}
+        return ScaleReply(True, f"{active} devices active now; {target} from the start of round "
+                                f"{self._round + 1} (changes wait for a round boundary)")
 
     async def take_request(self, round_index: int, rounds: int) -> Optional[Request]:
         """The runner, at the boundary before ``round_index`` of ``rounds``: the pending
@@ -133,5 +133,5 @@ class SupervisorActor:
         return Decision(tuple(actions), self._state.tree, self._state.dead, self._state.left, fatal)
 
 
-def _refused(message: str) -> dict:
-    return {"ok": False, "message": message}
+def _refused(message: str) -> ScaleReply:
+    return ScaleReply(False, message)

@@ -2,14 +2,15 @@
 
 Two processes record, each with its own :class:`RunTelemetry`:
 
-* the driver, after each collected round (:meth:`RunTelemetry.round`) and for each new
-  run event (:meth:`RunTelemetry.events`);
+* the driver, through :class:`TelemetryObserver` (an observer of the run,
+  rayagg/observe.py): after each collected round (:meth:`RunTelemetry.round`) and for
+  each run event (:meth:`RunTelemetry.events`);
 * the supervisor actor, which holds every node's last heartbeat: it hands its state to
   :meth:`RunTelemetry.watch_heartbeats` once, and a daemon thread turns it into ages
   every ``period_s`` (nothing is added to the heartbeat path itself).
 
-What Ray 2.60 does with the values (observed on a ``ray start`` head; the README's
-metrics section has the exported names and queries): every name is exported with a
+What Ray 2.60 does with the values (observed on a ``ray start`` head; docs/cluster.md
+has the exported names and queries): every name is exported with a
 ``ray_`` prefix; a Counter gets a ``_total`` suffix unless its name has one already;
 values recorded by a driver and by an async actor are both exported, about 10 s
 (``metrics_report_interval_ms``) after recording; values recorded before ``ray.init``
@@ -38,13 +39,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
-from rayagg.events import Event
-from rayagg.metrics import NodeMetrics, tier_means
-
-from rayagg.supervision import heartbeat_ages
+from rayagg.core.events import Event
+from rayagg.core.schedule import RoundResult, Step, logit_bytes
+from rayagg.core.supervision import heartbeat_ages
+from rayagg.nodes import tier_of
+from rayagg.observe import RunObserver, RunOutcome
+from rayagg.rundir.metrics import NodeMetrics, tier_means
 
 if TYPE_CHECKING:
-    from rayagg.supervision import SupervisorState
+    from rayagg.core.supervision import SupervisorState
+    from rayagg.learning.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ METRICS: dict[str, Spec] = {
                                                       "last round."),
     "rayagg_moved_bytes_total": Spec(COUNTER, RUN, "Bytes of logits between parents and children."),
     "rayagg_events_total": Spec(COUNTER, ("run", "kind", "tier"),
-                                "Run events by kind (rayagg.events.EventKind) and node tier."),
+                                "Run events by kind (rayagg.core.events.EventKind) and node tier."),
     # supervisor
     "rayagg_heartbeat_age_seconds": Spec(GAUGE, NODE, "Seconds since a live non-leaf node's last heartbeat."),
     "rayagg_heartbeat_age_max_seconds": Spec(GAUGE, TIER, "Largest heartbeat age of the tier's live nodes."),
@@ -104,7 +108,7 @@ class Row:
 def round_rows(run: str, records: Sequence[NodeMetrics], tier_names: Sequence[str],
                moved_bytes: Optional[int] = None) -> list[Row]:
     """The rows of one collected round from its per-node ``records`` (one round's, as
-    run.py's ``_round_metrics`` makes them): run-level, per-tier for every tier with a
+    the loop makes them): run-level, per-tier for every tier with a
     record, per-node for the tiers above the leaves. ``moved_bytes`` (None: unknown)
     adds the round's bytes. Raises ValueError if ``records`` is empty or mixes rounds."""
     rounds = {r.round for r in records}
@@ -144,15 +148,10 @@ def _node_rows(run: str, records: Sequence[NodeMetrics], leaf_tiers: Sequence[st
     return rows
 
 
-def tier_of_name(node: str) -> str:
-    """The tier in a node's name (``edge-2`` -> ``edge``, tree.py's naming); "" for no node."""
-    return node.rsplit("-", 1)[0] if node else ""
-
-
 def event_rows(run: str, events: Iterable[Event]) -> list[Row]:
     """Counter increments for ``events``: one row per (kind, tier) seen, its value the
     number of such events. Run-level events (a retry, a resume) have tier ""."""
-    counts = Counter((e.kind, tier_of_name(e.node)) for e in events)
+    counts = Counter((e.kind, tier_of(e.node) if e.node else "") for e in events)
     return [Row("rayagg_events_total", n, {"run": run, "kind": str(kind), "tier": tier})
             for (kind, tier), n in sorted(counts.items())]
 
@@ -268,6 +267,29 @@ class RunTelemetry:
                 if not warned:
                     logger.warning("rayagg telemetry: re-sending gauges failed", exc_info=True)
                 warned = True
+
+
+class TelemetryObserver(RunObserver):
+    """The driver's side: each collected round's rows, with the bytes of logits its steps
+    sent (from the round's last submitted steps), and a count per event."""
+
+    def __init__(self, run: str, plan: "Plan", telemetry: Optional[RunTelemetry] = None):
+        self.telemetry = telemetry if telemetry is not None else RunTelemetry(run)
+        self._plan = plan
+        self._tiers = [tier.name for tier in plan.config.tree.tiers]
+        self._moved_bytes: dict[int, int] = {}  # round -> bytes of logits its steps send
+
+    def round_submitted(self, round_index: int, steps: Sequence[Step], attempt: int) -> None:
+        self._moved_bytes[round_index] = logit_bytes(steps, self._plan.shard_sizes, self._plan.num_classes)
+
+    def round_collected(self, result: RoundResult, records: Sequence[NodeMetrics]) -> None:
+        self.telemetry.round(records, self._tiers, moved_bytes=self._moved_bytes.pop(result.round, None))
+
+    def event(self, event: Event) -> None:
+        self.telemetry.events([event])
+
+    def run_finished(self, outcome: RunOutcome) -> None:
+        self.telemetry.close()
 
 
 class RaySink:

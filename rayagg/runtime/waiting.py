@@ -1,7 +1,7 @@
 """Waiting on actor calls by a deadline, with Ray's exceptions turned into the project's.
 
-A pending call is a :data:`Call`: (node, call name, object ref), so every error and
-timeout names the node and what it was doing. :func:`settle` is the runner's one wait
+A pending call is a :class:`Call`: the node, the call's name and its object ref, so every
+error and timeout names the node and what it was doing. :func:`settle` is the runner's one wait
 loop during rounds: it tells deaths apart from other failures and polls the
 supervisor between waits. :func:`await_all` is the plain wait of start-up and restarts.
 """
@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import ray
 from ray import exceptions as ray_errors
 
 from rayagg.errors import NodeDiedError, NodeError, NodeStoppedError, NodeTimeoutError, RayaggError
 
-Call = tuple[str, str, Any]  # (node, call name, ObjectRef)
+class Call(NamedTuple):
+    """A call submitted to a node's host: the node, the method's name, its ObjectRef."""
+
+    node: str
+    method: str
+    ref: Any
 
 
 @dataclass(frozen=True)

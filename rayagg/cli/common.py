@@ -1,0 +1,54 @@
+"""What every ``rayagg`` command shares: errors as one line, time stamps, the config
+options that say they emulate slower machines. Click stops at the CLI: everything
+below it sees a RunConfig."""
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+
+import click
+
+from rayagg.config import RunConfig
+from rayagg.errors import RayaggError
+
+
+class user_errors:
+    """Turns a RayaggError into a one-line message and exit code 2, no traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, RayaggError):
+            click.echo(f"rayagg: error: {exc}", err=True)
+            sys.exit(2)
+        return False
+
+
+def stamp() -> str:
+    """Now, as run directories are suffixed: ``20261203-214501``."""
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def default_run_dir(config: RunConfig, prefix: str = "") -> pathlib.Path:
+    """``output.base_dir``/<prefix><name>-<timestamp>, absolute."""
+    return config.output.run_dir(f"{prefix}{config.name}", stamp())
+
+
+def echo_emulation(config: RunConfig) -> None:
+    """Says so when the config emulates slower machines: left on by mistake, it would
+    only show as slow rounds."""
+    slowdown = config.emulation.slowdown
+    if slowdown:
+        slower = ", ".join(f"{name} x{factor:g}" for name, factor in slowdown.items())
+        click.echo(f"rayagg: test bench: emulating slower machines ({slower}; emulation.slowdown)")
+
+
+def prepare_to_join(address: object) -> None:
+    """Before Ray is imported: a cluster joined by ``address`` (None: a local Ray) needs
+    token auth set up (rayagg/runtime/auth.py)."""
+    if address is not None:
+        from rayagg.runtime.auth import join_by_address
+
+        join_by_address()

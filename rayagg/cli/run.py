@@ -1,0 +1,215 @@
+"""``rayagg run``, ``rayagg check`` and ``rayagg pretrain-autoencoder``."""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from collections import Counter
+from typing import Optional, Sequence
+
+import click
+
+from rayagg.cli.common import default_run_dir, echo_emulation, prepare_to_join, user_errors
+from rayagg.client.jobs import CONFIG_ENV
+from rayagg.config import RunConfig, absolute_path, load_config, parse_config_text
+from rayagg.errors import ConfigError, RayaggError
+from rayagg.observe import Progress, RunObserver, RunStart
+
+
+@click.command()
+@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
+@click.option("--address", default=None, metavar="ADDR",
+              help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379'); without it a local "
+                   "Ray is started and stopped at the end.")
+@click.option("--rounds", type=int, default=None, help="Override training.rounds.")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Run directory, new or empty (default: runs/<config name>-<timestamp>).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out (its files are deleted first).")
+@click.option("--resume", "resume_dir", type=click.Path(), default=None,
+              metavar="RUN_DIR", help="Continue a stopped or crashed run after its last "
+                                      "checkpoint (CONFIG defaults to RUN_DIR/config.yaml).")
+@click.option("--local", is_flag=True,
+              help="Run the sequential in-process reference driver instead of Ray actors.")
+@click.option("--verbose", is_flag=True,
+              help="Show Ray's own log lines (workers, raylets) as they come; by default they stay "
+                   "in Ray's log files, linked from RUN_DIR/ray-logs.")
+@click.option("--config-from-env", is_flag=True, hidden=True,
+              help=f"Read the config's YAML from ${CONFIG_ENV} (how `rayagg submit` ships it).")
+def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int],
+        out_dir: Optional[str], overwrite: bool, resume_dir: Optional[str], local: bool,
+        verbose: bool, config_from_env: bool) -> None:
+    """Train the tree described by CONFIG and write RUN_DIR.
+
+    RUN_DIR holds metrics.parquet (round, node, tier, accuracy, loss, seconds),
+    events.parquet (deaths, moves, restarts, resumes), accuracy.png, config.yaml (the
+    resolved config), state.json (the manifest of the last checkpoint) and
+    checkpoints/round-<r>/<node>.pt. One line per round gives the root's accuracy and
+    the mean of every other tier. An existing run in --out is an error unless
+    --overwrite; `rayagg run --resume RUN_DIR` continues one.
+
+    Ctrl-C or SIGTERM: the rounds in flight finish and the last is checkpointed, then
+    the run stops; a second signal stops at once, keeping the last complete checkpoint. Exit
+    codes: 0 done, 2 an error rayagg names (config, data, run files, a node, the
+    cluster), 130 stopped by SIGINT, 143 stopped by SIGTERM, 1 an unexpected error.
+    """
+    from rayagg.learning import preflight
+    from rayagg.rundir.directory import check_new_run_dir, clear_run_dir
+    from rayagg.rundir.resume import load_for_resume
+
+    with user_errors():
+        _check_usage(config_path, resume_dir, out_dir, overwrite, config_from_env)
+        config = _load_run_config(config_path, resume_dir, config_from_env)
+        if rounds is not None:
+            config = config.with_rounds(rounds)
+        run_dir = absolute_path(resume_dir or out_dir or default_run_dir(config))
+        if resume_dir is None:
+            check_new_run_dir(run_dir, overwrite)
+        preflight.check_inputs(config)
+        runner = _make_runner(config, address, local, verbose)
+        # Everything a resume reads is verified before Ray starts or any file changes.
+        state = load_for_resume(run_dir, runner.plan) if resume_dir else None
+        if overwrite:
+            clear_run_dir(run_dir)
+        click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
+        echo_emulation(config)
+        _train(runner, run_dir, state)
+        click.echo(f"rayagg: done; metrics, plot and checkpoints in {run_dir}")
+
+
+def _check_usage(config_path, resume_dir, out_dir, overwrite, config_from_env) -> None:
+    if config_path is None and resume_dir is None and not config_from_env:
+        raise click.UsageError("give CONFIG, or --resume RUN_DIR")
+    if config_from_env and (config_path is not None or resume_dir is not None):
+        raise click.UsageError("--config-from-env takes neither CONFIG nor --resume")
+    if resume_dir is not None and (overwrite or out_dir is not None):
+        raise click.UsageError("--resume continues RUN_DIR in place: it takes neither --out nor --overwrite")
+    if resume_dir is not None and not pathlib.Path(resume_dir).is_dir():
+        raise RayaggError(f"--resume {resume_dir}: no such run directory")
+
+
+def _train(runner, run_dir: pathlib.Path, state) -> None:
+    """Runs the rounds with the run's lines and, on a terminal, a progress bar; a stop
+    exits with its signal's code and says how to resume."""
+    from rayagg.loop import execute
+    from rayagg.stopping import Stopped, StopSignals
+
+    # The bar only on a terminal: in a job's log or a pipe it would print just its label.
+    with click.progressbar(length=runner.plan.config.training.rounds, label="rounds", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        try:
+            execute(runner, run_dir, observers=[Progress(click.echo), ProgressBar(bar)], resume=state,
+                    stop=StopSignals(click.echo))
+        except Stopped as stopped:
+            _explain_stop(stopped, run_dir)
+            sys.exit(stopped.exit_code)
+        except KeyboardInterrupt:  # before the signal handlers were in place
+            click.echo("rayagg: interrupted while starting", err=True)
+            sys.exit(130)
+
+
+class ProgressBar(RunObserver):
+    """Moves a click progress bar by the rounds collected (a resumed run starts where it was)."""
+
+    def __init__(self, bar):
+        self._bar = bar
+
+    def run_started(self, run: RunStart) -> None:
+        if run.resumed_after:
+            self._bar.update(run.resumed_after)
+
+    def round_collected(self, result, records: Sequence) -> None:
+        self._bar.update(1)
+
+
+def _load_run_config(config_path: Optional[str], resume_dir: Optional[str], from_env: bool = False) -> RunConfig:
+    """CONFIG (or the YAML in $RAYAGG_CONFIG_YAML), or RUN_DIR/config.yaml when resuming; a
+    CONFIG given with --resume must agree with the run's own config except where a resume
+    may change it."""
+    from rayagg.rundir.manifest import CONFIG_FILE
+    from rayagg.rundir.resume import check_resumable_config
+
+    if from_env:
+        if CONFIG_ENV not in os.environ:
+            raise ConfigError(f"--config-from-env: ${CONFIG_ENV} is not set (`rayagg submit` sets it)")
+        return parse_config_text(os.environ[CONFIG_ENV], source=f"${CONFIG_ENV}")
+    if resume_dir is None:
+        return load_config(config_path)
+    stored = load_config(pathlib.Path(resume_dir) / CONFIG_FILE)
+    if config_path is None:
+        return stored
+    given = load_config(config_path)
+    check_resumable_config(stored, given)
+    return given
+
+
+def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
+    how = ("the rounds in flight were abandoned" if stopped.abandoned
+           else "the rounds in flight were finished")
+    if stopped.checkpoint_round is None:
+        click.echo(f"rayagg: stopped by {stopped}; {how} before the first checkpoint: nothing to "
+                   f"resume (start again with --out {run_dir} --overwrite)", err=True)
+        return
+    click.echo(f"rayagg: stopped by {stopped}; {how}; the last complete checkpoint is round "
+               f"{stopped.checkpoint_round}; resume with: rayagg run --resume {run_dir}", err=True)
+
+
+def _make_runner(config: RunConfig, address: Optional[str], local: bool, verbose: bool = False):
+    from rayagg.learning.plan import load_data, make_plan
+
+    dataset = load_data(config)
+    plan = make_plan(config, dataset)
+    if local:
+        from rayagg.driver import LocalRunner
+
+        return LocalRunner(plan, dataset)
+    prepare_to_join(address)
+    from rayagg.runtime.runner import RayRunner
+
+    return RayRunner(plan, address=address, verbose=verbose)
+
+
+@click.command("pretrain-autoencoder")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+def pretrain_autoencoder(config_path: str) -> None:
+    """Pretrain the frozen bridge autoencoder for CONFIG's data set (cached; at most once).
+
+    It trains on the public slice (data.public_samples), which is no device's shard, and
+    stores the weights with their SHA-256 under autoencoder.cache_dir.
+    """
+    from rayagg.learning.plan import make_plan
+
+    with user_errors():
+        plan = make_plan(load_config(config_path))
+        click.echo(f"autoencoder ready: sha256 {plan.autoencoder_digest}")
+
+
+@click.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+def check(config_path: str) -> None:
+    """Validate CONFIG and print the tree's shape, without starting Ray.
+
+    Besides the file itself it builds each tier's model once (importing user factory
+    modules) and runs a forward and backward pass on a dummy batch of the data set's
+    shape, and checks the data set's files are where the config says.
+    """
+    from rayagg.core.packing import pack
+    from rayagg.learning import preflight
+
+    with user_errors():
+        config = load_config(config_path)
+        preflight.check_inputs(config)
+        hosts = Counter(host.tier for host in pack(config))
+        for tier, count in zip(config.tree.tiers, config.tree.counts()):
+            packed = hosts[tier.name]
+            packing = "" if tier.nodes_per_actor == 1 else \
+                f", {tier.nodes_per_actor} per host actor ({packed} host{'s' * (packed > 1)})"
+            elastic = "" if tier.elastic is None else \
+                f" (elastic: {tier.elastic.min_devices}..{tier.elastic.max_devices})"
+            click.echo(f"{tier.name}: {count}{elastic} x {tier.model}{packing}  "
+                       f"{tier.resources.model_dump()} per node")
+        balance = config.balance
+        moves = (f"rebalanced every {balance.every} round(s), up to {balance.max_moves} moves"
+                 if balance.rebalances else "no moves between rounds")
+        click.echo(f"balance: {balance.policy} ({moves})")
+        echo_emulation(config)

@@ -1,0 +1,187 @@
+"""``rayagg status`` (a run's live tree and history, from RUN_DIR alone) and ``rayagg scale``."""
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+import time
+from typing import Optional
+
+import click
+
+from rayagg.cli.common import user_errors
+from rayagg.config import load_config
+from rayagg.core import packing
+from rayagg.errors import ConfigError, RunDirError
+from rayagg.nodes import by_index, describe_nodes, index_of
+from rayagg.rundir.directory import driver_gone
+from rayagg.rundir.live import LEAVES_LISTED, LIVE_FILE, read_live, render
+from rayagg.rundir.manifest import CONFIG_FILE, STATE_FILE, RunState, holds_run, missing_manifest
+from rayagg.rundir.metrics import METRICS_FILE, NodeMetrics, balanced_tier, imbalance, read_metrics, tier_order
+from rayagg.rundir.resume import earlier_events
+
+WATCH_EVERY_S = 2.0  # `rayagg status --watch`: the driver rewrites live.json about as often
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
+@click.option("--watch", is_flag=True,
+              help=f"Redraw the live tree every {WATCH_EVERY_S:g} s until the run ends (Ctrl-C quits).")
+@click.option("--all", "every_leaf", is_flag=True,
+              help=f"List every leaf even past {LEAVES_LISTED} of them (else summed up per parent).")
+def status(run_dir: str, watch: bool, every_leaf: bool) -> None:
+    """Show a run's progress and what happened to its tree: the last checkpointed round,
+    the rounds measured, dead nodes, devices that left, whether it is live and where, who
+    joined, left or moved where and why (from RUN_DIR/state.json, live.json,
+    metrics.parquet and events.parquet; every file is verified).
+
+    While the run trains it starts with the tree as it is now, from RUN_DIR/live.json
+    (the driver rewrites it every few seconds): each node's host actor and machine, the
+    age of its last heartbeat, its parent, the bridge samples it trains on, the round it
+    is in ("idle": done with every round in flight) and its last accuracy; dead, left,
+    moved and joined nodes marked. It needs only RUN_DIR, not Ray.
+    """
+    with user_errors():
+        path = pathlib.Path(run_dir)
+        if not holds_run(path):
+            raise RunDirError(missing_manifest(path))
+        if watch:
+            _watch(path, every_leaf)
+        else:
+            _echo_live(path, every_leaf)
+        _echo_status(path)
+
+
+def _watch(path: pathlib.Path, every_leaf: bool) -> None:
+    """Redraws the live view until the run is no longer live or Ctrl-C."""
+    try:
+        while True:
+            click.clear()
+            click.echo(f"rayagg status {path} --watch (every {WATCH_EVERY_S:g} s; Ctrl-C quits)")
+            if not _echo_live(path, every_leaf):
+                return
+            time.sleep(WATCH_EVERY_S)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+def _echo_live(path: pathlib.Path, every_leaf: bool) -> bool:
+    """Prints the live view of the run in ``path``; returns whether it is live."""
+    record = read_live(path)
+    if record is None:
+        click.echo("not live: no run trains in this directory now")
+        return False
+    if driver_gone(record):
+        click.echo(f"not live: its driver (pid {record.get('pid')}) is gone; it crashed or was killed "
+                   f"(resume with: rayagg run --resume {path})")
+        return False
+    click.echo(f"live: driver pid {record.get('pid')} on {record.get('hostname')}, Ray at {record['address']}, "
+               f"namespace {record['namespace']}")
+    if "view" not in record:
+        click.echo("  (starting: the tree is not up yet)")
+        return True
+    try:
+        lines = render(record["view"], time.time(), every_leaf=every_leaf)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path / LIVE_FILE} is corrupt: {exc!r}") from exc
+    for line in lines:
+        click.echo(line)
+    return True
+
+
+def _echo_status(path: pathlib.Path) -> None:
+    """The run's history: checkpoint, dead nodes, hosts, load of the last round, events."""
+    dead: list[str] = []
+    tree, left = None, []
+    if (path / STATE_FILE).is_file():
+        state = RunState.load(path)
+        dead, tree, left = state.dead, state.parent_of, state.left
+        click.echo(f"last checkpointed round: {state.round}")
+        failed = [node for node in state.dead if node not in state.left]
+        click.echo(f"dead nodes: {', '.join(failed) or 'none'}")
+        if state.left:
+            click.echo(f"devices that left: {describe_nodes(by_index(state.left))}")
+    else:
+        click.echo(f"no checkpoint: {missing_manifest(path)}")
+    _echo_hosts(path, dead, tree, left)
+    if (path / METRICS_FILE).is_file():
+        records = read_metrics(path / METRICS_FILE)
+        measured = sorted({r.round for r in records})
+        click.echo(f"rounds measured: {measured[-1] if measured else 0}")
+        if measured:
+            _echo_load([r for r in records if r.round == measured[-1]])
+    events = earlier_events(path)
+    for event in events:
+        when = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
+        click.echo(f"{when}  round {event.round:>3}  {event.kind:<12} {event.detail}")
+    if not events:
+        click.echo("no events: no node failed")
+
+
+def _echo_load(records: list[NodeMetrics]) -> None:
+    """The edges' (the tier above the leaves) load in one round: children, bridge
+    samples, busy and idle seconds, and the imbalance of their busy seconds."""
+    tier = balanced_tier(tier_order(records))
+    if tier is None:
+        return
+    edges = sorted((r for r in records if r.tier == tier), key=lambda r: index_of(r.node))
+    if not edges:
+        return
+    ratio = imbalance(edges, tier)
+    shown = f"; imbalance {ratio:.2f} (max / mean busy)" if ratio is not None else ""
+    click.echo(f"{tier} load in round {edges[0].round}{shown}:")
+    for r in edges:
+        click.echo(f"  {r.node:<10} {r.children:>4} children  {r.bridge_samples:>7} bridge samples  "
+                   f"busy {r.seconds:7.1f} s  idle {r.idle_s:7.1f} s")
+
+
+def _echo_hosts(run_dir: pathlib.Path, dead: list[str], tree: Optional[dict] = None,
+                left: tuple = ()) -> None:
+    """Which nodes each host actor carries, from the run's config.yaml (the packing is a
+    function of the config): packed tiers host by host, the others in one line. ``tree``
+    (the checkpoint's parent_of) tells elastic devices that never joined."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return
+    try:
+        config = load_config(run_dir / CONFIG_FILE)
+    except ConfigError as exc:
+        click.echo(f"hosts: unknown, {CONFIG_FILE} is not valid ({str(exc).splitlines()[0]})")
+        return
+    hosts = packing.pack(config)
+    click.echo("hosts:")
+    for tier in config.tree.tiers:
+        ours = [host for host in hosts if host.tier == tier.name]
+        if tier.nodes_per_actor == 1:
+            click.echo(f"  {tier.name}: {len(ours)} host(s), one node each")
+            continue
+        for host in ours:
+            notes = [f"{what}: {describe_nodes(nodes)}" for what, nodes in [
+                ("dead", [node for node in host.nodes if node in dead and node not in left]),
+                ("left", [node for node in host.nodes if node in left]),
+                ("never joined", [node for node in host.nodes
+                                  if tier.elastic is not None and tree is not None and node not in tree])]
+                if nodes]
+            note = f"  ({'; '.join(notes)})" if notes else ""
+            click.echo(f"  {host.name:<16} {describe_nodes(host.nodes)}{note}")
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
+@click.option("--devices", type=click.IntRange(min=0), default=None, help="Target count of active devices.")
+@click.option("--add", type=click.IntRange(min=0), default=None, help="Devices to add.")
+@click.option("--remove", type=click.IntRange(min=0), default=None, help="Devices to remove.")
+def scale(run_dir: str, devices: Optional[int], add: Optional[int], remove: Optional[int]) -> None:
+    """Change a live run's elastic device count at its next round boundary.
+
+    Finds the run's Ray cluster and namespace in RUN_DIR/live.json, leaves the request with
+    the run's supervisor, prints what will happen and exits (it does not wait). Joining
+    devices take returning devices first (with their models), then unused shards; leaving
+    ones go highest index first, drained after their last round. The count must lie within
+    the leaf tier's elastic range; a run that finished or is not live is an error.
+    """
+    from rayagg.client.scale import scale as scale_run
+
+    with user_errors():
+        if [devices, add, remove].count(None) != 2:
+            raise click.UsageError("give exactly one of --devices, --add or --remove")
+        click.echo(f"rayagg: {scale_run(run_dir, devices=devices, add=add, remove=remove)}")

@@ -1,0 +1,16 @@
+"""The run configuration: one YAML file, validated before anything starts.
+
+``sections.py`` holds the flat sections, ``tree.py`` the tree's shape, ``run_config.py``
+the whole file and how it is read; everything is importable from here.
+"""
+from rayagg.config.run_config import RunConfig, load_config, parse_config, parse_config_text
+from rayagg.config.sections import (BALANCE_POLICIES, AutoencoderConfig, BalanceConfig, DataConfig,
+                                    EmulationConfig, OutputConfig, RuntimeConfig, SupervisionConfig,
+                                    TrainingConfig, absolute_path)
+from rayagg.config.tree import (BUILTIN_MODELS, Churn, Elastic, Resources, ScheduleStep, Tier, TreeConfig,
+                                check_model_name, resolve_factory)
+
+__all__ = ["BALANCE_POLICIES", "BUILTIN_MODELS", "AutoencoderConfig", "BalanceConfig", "Churn", "DataConfig",
+           "Elastic", "EmulationConfig", "OutputConfig", "Resources", "RunConfig", "RuntimeConfig",
+           "ScheduleStep", "SupervisionConfig", "Tier", "TrainingConfig", "TreeConfig", "absolute_path",
+           "check_model_name", "load_config", "parse_config", "parse_config_text", "resolve_factory"]

@@ -1,0 +1,194 @@
+"""The run configuration's sections other than the tree (rayagg/config/tree.py): data,
+training, autoencoder, runtime, supervision, balance, emulation, output.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo is an
+error naming the key rather than a silently ignored setting. Pydantic earns its place
+here: it reports every bad field with its dotted path and value in one pass, which a
+hand-written validator would have to re-implement.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rayagg.nodes import tier_of
+
+
+
+class _Section(BaseModel):
+    # allow_inf_nan=False: YAML reads `.inf` and `.nan` as floats, and no knob here has a
+    # meaning for them (an lr of nan would only show up rounds later as a nan loss).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DataConfig(_Section):
+    """Which data set, how much of it, and how it is split over the leaves."""
+
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100"] = "fashion-mnist"
+    root: Optional[str] = None
+    download: bool = False
+    coarse_labels: bool = False
+    partition: Literal["dirichlet", "iid"] = "dirichlet"
+    alpha: float = Field(1.0, gt=0)
+    min_samples_per_device: int = Field(10, ge=1)
+    train_samples: Optional[int] = Field(None, ge=1)
+    test_samples: Optional[int] = Field(None, ge=1)
+    public_samples: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _coarse_only_for_cifar100(self) -> "DataConfig":
+        if self.coarse_labels and self.dataset != "cifar100":
+            raise ValueError(f"coarse_labels applies to cifar100 only (dataset is {self.dataset!r})")
+        return self
+
+
+class TrainingConfig(_Section):
+    """Rounds, optimizer and the BSBODP loss settings (T, beta, gamma)."""
+
+    rounds: int = Field(5, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(16, ge=2)
+    temperature: float = Field(3.0, gt=0)
+    beta: float = Field(10.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    teacher_mode: Literal["train", "eval"] = "train"
+    seed: int = 0
+
+
+class AutoencoderConfig(_Section):
+    """The frozen bridge autoencoder, pretrained once on the public slice and cached."""
+
+    epochs: int = Field(5, ge=1)
+    cache_dir: str = "~/.cache/rayagg"
+
+    def cache_path(self) -> pathlib.Path:
+        return pathlib.Path(self.cache_dir).expanduser()
+
+
+class RuntimeConfig(_Section):
+    """How the Ray runtime waits on its nodes.
+
+    ``round_timeout_s`` bounds one round (and each other batch of calls) end to end;
+    ``startup_timeout_s`` bounds actor creation and data loading. ``autoscaling`` says an
+    autoscaler may add nodes, so a tree larger than the cluster's current totals is not
+    an error (a request no node type can satisfy still is).
+
+    ``rounds_in_flight`` is how many rounds may be submitted before the oldest is
+    collected: with 2 (the default) an edge starts its next round with its devices while
+    the cloud still works with other edges, and every node still does the in-process
+    driver's work in the same order, so results are the same. 1 puts a barrier after
+    every round. A tree that may change at a round boundary (elastic devices,
+    rebalancing, a pending repair) is drained first, whatever the setting.
+    """
+
+    round_timeout_s: float = Field(1800.0, gt=0)
+    startup_timeout_s: float = Field(300.0, gt=0)
+    autoscaling: bool = False
+    rounds_in_flight: int = Field(2, ge=1)
+
+
+class SupervisionConfig(_Section):
+    """Heartbeats, failure detection and recovery (see rayagg/core/supervision.py).
+
+    A node is dead after ``heartbeat_interval_s * max_missed`` seconds of silence, or at
+    once when a call to it reports its actor died. A dead edge's children move to the
+    live node of its tier the balancing policy picks (``BalanceConfig``); a dead device leaves the rounds (its bridge
+    samples stay with its ancestors unless ``keep_dead_leaf_samples`` is false); a dead
+    root is restarted from its last checkpoint. ``replace_dead`` instead replaces a dead
+    non-leaf by a fresh actor restored from its checkpoint, which keeps its children;
+    ``rejoin_dead_leaves`` brings a dead device back at the start of the next round,
+    under the node of the tier above the balancing policy picks. Restarts (and re-joins) are capped per
+    node by ``max_restarts``; re-parenting never spends them. ``checkpoint_every`` is in
+    rounds.
+    """
+
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    max_missed: int = Field(5, ge=1)
+    restart_root: bool = True
+    replace_dead: bool = False
+    max_restarts: int = Field(3, ge=0)
+    keep_dead_leaf_samples: bool = True
+    rejoin_dead_leaves: bool = False
+    checkpoint_every: int = Field(1, ge=1)
+
+
+# The balancing policies (rayagg/core/balance.py implements one class per name, in this order).
+BALANCE_POLICIES = ("none", "round-robin", "least-samples", "least-busy", "label-balance")
+
+
+class BalanceConfig(_Section):
+    """How devices are spread over the edges (rayagg/core/balance.py).
+
+    ``policy`` picks every parent a device gets: in the initial tree, when it joins,
+    when its edge dies, when it re-joins, and when the edges are rebalanced, every
+    ``every`` rounds (0: never; the tree changes only on those events). A rebalancing
+    moves at most ``max_moves`` devices, only while the edges' predicted load is
+    more than ``threshold`` x their mean (label-balance: it keeps every edge's
+    samples within ``threshold`` x the mean while it mixes labels), only if the moves
+    cut the spread of the edges' loads by ``min_gain`` of it (label-balance: each step
+    the worst-mixed edge's misfit), and never a device that moved in the last
+    ``cooldown`` rounds: the hysteresis that keeps devices from flapping.
+    """
+
+    policy: Literal[BALANCE_POLICIES] = "none"
+    every: int = Field(1, ge=0)
+    max_moves: int = Field(2, ge=1)
+    threshold: float = Field(1.2, ge=1)
+    min_gain: float = Field(0.05, ge=0, lt=1)
+    cooldown: int = Field(2, ge=0)
+
+    @property
+    def rebalances(self) -> bool:
+        """Whether live devices may move between rounds (not with ``none`` or ``every: 0``)."""
+        return self.policy != "none" and self.every > 0
+
+
+class EmulationConfig(_Section):
+    """Emulation for a test bench: unequal machines reproduced on one machine; off by
+    default and never meant for a real cluster.
+
+    ``slowdown`` maps a node name (``edge-0``) or a tier name (``edge``) to a factor
+    >= 1: the node sleeps ``factor - 1`` times the seconds of each training step and
+    logits call after it, so it takes as long as on a machine that many times slower
+    without taking CPU from the others (a node's own entry wins over its tier's).
+    """
+
+    slowdown: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("slowdown")
+    @classmethod
+    def _factors_at_least_one(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, factor in value.items():
+            if not factor >= 1:
+                raise ValueError(f"slowdown of {key!r} must be >= 1 (got {factor})")
+        return value
+
+    def slowdown_of(self, node: str) -> float:
+        return self.slowdown.get(node, self.slowdown.get(tier_of(node), 1.0))
+
+
+class OutputConfig(_Section):
+    """Where runs go. A run's directory is ``--out``, else ``<base_dir>/<name>-<timestamp>``;
+    either is made absolute at launch (``~`` expanded, a relative path taken from the
+    working directory) and printed. On a multi-machine cluster every host actor writes its
+    nodes' checkpoints there, so it must be shared storage mounted at the same path on
+    every machine: a run checks this at start-up (``rayagg.rundir.directory.probe_run_dir``)."""
+
+    base_dir: str = "runs"
+
+    def run_dir(self, name: str, stamp: str) -> pathlib.Path:
+        """The absolute default run directory of a run called ``name`` started at ``stamp``."""
+        return absolute_path(pathlib.Path(self.base_dir) / f"{name}-{stamp}")
+
+
+def absolute_path(path: str | pathlib.Path) -> pathlib.Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory (symlinks kept:
+    a shared mount is often reached through one)."""
+    return pathlib.Path(os.path.abspath(pathlib.Path(path).expanduser()))
+
+

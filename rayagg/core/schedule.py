@@ -1,0 +1,174 @@
+"""A round as a graph of calls, and the critical path through it. Pure: no Ray, no torch.
+
+Both runtimes run a round as :func:`round_steps` lists it: for every (child, parent)
+pair in post-order, the parent's logits teach the child, then the child's logits teach
+the parent; then every scored node evaluates (and, when a checkpoint is due, saves).
+A node's steps always come in this order. The Ray runtime submits the list as it is
+and lets Ray run independent hosts at once (and, with ``runtime.rounds_in_flight`` > 1,
+the next round's steps too), so every node does the same work in the same order as
+the in-process driver.
+
+:func:`critical_path` takes the steps of several rounds with their measured times and
+returns the longest chain of steps that must run one after the other: a ``learn``
+waits for the logits it trains on, and a host runs its calls in submission order.
+No schedule on any number of cores can finish those rounds faster than that chain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+from rayagg.core.tree import Tree
+
+LOGITS, LEARN, EVALUATE, SAVE = "logits", "learn", "evaluate", "save_checkpoint"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call of a round: ``node`` runs ``call`` on the bridge samples of ``leaves``;
+    a ``learn`` trains on the logits of the step at index ``teacher`` of the same round."""
+
+    node: str
+    call: str
+    leaves: tuple[str, ...] = ()
+    teacher: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a node's ``evaluate`` step answers: its test accuracy (0-1) and loss, and the
+    seconds of training work (logits and learn) it did since its last evaluation."""
+
+    accuracy: float
+    loss: float
+    busy_s: float
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round came to: each evaluated node's scores, node -> checkpoint SHA-256
+    when the round saved one (else None), and the round's wall-clock seconds."""
+
+    round: int
+    scores: dict[str, Scores]
+    checkpoints: Optional[dict[str, str]]
+    seconds: float
+
+
+def logit_bytes(steps: Iterable[Step], samples_of_leaf: Mapping[str, int], num_classes: int) -> int:
+    """The bytes of logits ``steps`` send from one node to another: each ``logits`` step
+    sends float32 logits (4 bytes x ``num_classes``) for every bridge sample of its leaves."""
+    return sum(4 * num_classes * sum(samples_of_leaf[leaf] for leaf in step.leaves)
+               for step in steps if step.call == LOGITS)
+
+
+def round_steps(tree: Tree, leaves_of: Callable[[str], Sequence[str]], dead: Iterable[str] = (),
+                scored: Sequence[str] = (), save: bool = False) -> list[Step]:
+    """The round's steps in submission order. A pair runs when both nodes are live and
+    the child's subtree has bridge samples (``leaves_of(child)``); then each node of
+    ``scored`` evaluates and, with ``save``, writes its checkpoint."""
+    dead = set(dead)
+    steps: list[Step] = []
+    for child, parent in tree.pairs():
+        leaves = tuple(leaves_of(child))
+        if child in dead or parent in dead or not leaves:
+            continue
+        steps.append(Step(parent, LOGITS, leaves))
+        steps.append(Step(child, LEARN, leaves, teacher=len(steps) - 1))
+        steps.append(Step(child, LOGITS, leaves))
+        steps.append(Step(parent, LEARN, leaves, teacher=len(steps) - 1))
+    for node in scored:
+        steps.append(Step(node, EVALUATE))
+        if save:
+            steps.append(Step(node, SAVE))
+    return steps
+
+
+@dataclass(frozen=True)
+class CallTrace:
+    """One traced call as a host recorded it (``rayagg bench``): which call, its seconds
+    in the actor, of them torch work, and the CPU seconds its process used."""
+
+    call: str
+    seconds: float
+    torch_s: float
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A step as measured inside its actor: its seconds, of them the torch work (the rest
+    is copying arguments and results in and out of the actor), and the CPU seconds its
+    thread used (less than ``seconds`` when other processes shared the cores)."""
+
+    seconds: float
+    torch_s: float
+    cpu_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """The longest chain: its seconds, the torch work on it, and its steps as
+    (round position, step index) pairs, first to last."""
+
+    seconds: float
+    torch_s: float
+    steps: list[tuple[int, int]]
+
+
+def critical_path(rounds: Sequence[Sequence[Step]], timings: Sequence[Sequence[Timing]],
+                  host_of: Callable[[str], str]) -> CriticalPath:
+    """The longest chain through ``rounds`` (each a list of steps, submitted in this order)
+    given each step's measured ``timings`` (same shape). A step starts after its teacher
+    and after the step submitted before it to the same host. Empty rounds: a zero path."""
+    finish: dict[tuple[int, int], float] = {}
+    before: dict[tuple[int, int], Optional[tuple[int, int]]] = {}
+    last_on_host: dict[str, tuple[int, int]] = {}
+    for position, (steps, measured) in enumerate(zip(rounds, timings)):
+        if len(steps) != len(measured):
+            raise ValueError(f"round {position}: {len(steps)} steps but {len(measured)} timings")
+        for index, step in enumerate(steps):
+            waits = [last_on_host.get(host_of(step.node))]
+            if step.teacher is not None:
+                waits.append((position, step.teacher))
+            waits = [w for w in waits if w is not None]
+            first = max(waits, key=finish.__getitem__, default=None)
+            key = (position, index)
+            finish[key] = (finish[first] if first else 0.0) + measured[index].seconds
+            before[key], last_on_host[host_of(step.node)] = first, key
+    if not finish:
+        return CriticalPath(0.0, 0.0, [])
+    end = max(finish, key=finish.__getitem__)
+    path = []
+    while end is not None:
+        path.append(end)
+        end = before[end]
+    path.reverse()
+    torch_s = sum(timings[position][index].torch_s for position, index in path)
+    return CriticalPath(finish[path[-1]], torch_s, path)
+
+
+def match_timings(rounds: Sequence[Sequence[Step]],
+                  traces: Mapping[str, Sequence[CallTrace]]) -> list[list[Timing]]:
+    """Pairs each step with its measurement. ``traces`` are what the hosts recorded per
+    node in the order the calls ran. A node runs its calls in submission order, so the
+    k-th record of a node is its k-th step. ValueError when a trace does not fit the
+    steps (a call missing, extra or of another kind)."""
+    cursor = {node: 0 for node in traces}
+    matched = []
+    for steps in rounds:
+        timed = []
+        for step in steps:
+            records, at = traces.get(step.node, ()), cursor.get(step.node, 0)
+            if at >= len(records) or records[at].call != step.call:
+                found = records[at].call if at < len(records) else "nothing"
+                raise ValueError(f"{step.node}: step {at + 1} should be {step.call}, the trace has {found}")
+            cursor[step.node] = at + 1
+            record = records[at]
+            timed.append(Timing(record.seconds, record.torch_s, record.cpu_s))
+        matched.append(timed)
+    extra = {node: len(records) - cursor.get(node, 0) for node, records in traces.items()
+             if len(records) > cursor.get(node, 0)}
+    if extra:
+        raise ValueError(f"the traces hold calls no step accounts for: {extra}")
+    return matched

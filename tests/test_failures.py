@@ -14,15 +14,16 @@ from conftest import inspected_run, packed
 
 from rayagg.rundir.events import read_events
 from rayagg.learning.plan import make_plan
+from rayagg.runtime.faults import FaultAt
 from rayagg.runtime.runner import RayRunner
 
 
 pytestmark = pytest.mark.ray
 
 
-def kill_during_round(runner, node, round_index, delay_s=0.5, stop=False):
+def kill_during_round(runner, node, round_index, delay_s=0.5):
     """Kills the host actor running ``node`` (with every node on it) ``delay_s`` into
-    ``round_index``, or with ``stop`` stops ``node`` alone; returns the kill time holder.
+    ``round_index``; returns the kill time holder.
     The kill must find the node's calls of the round still in flight: an edge's part of a
     round here ends 2-3 s in (on 2 cores), the root's with the round (about 7 s). "Into a
     round": once it is the oldest round in flight, the one the run waits for
@@ -38,13 +39,32 @@ def kill_during_round(runner, node, round_index, delay_s=0.5, stop=False):
             time.sleep(0.05)
         time.sleep(delay_s)
         killed["at"] = time.monotonic()
-        if stop:
-            runner.actors[node].stop_node.remote(node)
-        else:
-            ray.kill(runner.actors[node], no_restart=True)
+        ray.kill(runner.actors[node], no_restart=True)
 
     threading.Thread(target=killer, daemon=True).start()
     return killed
+
+
+class FaultsInRounds:
+    """A fault hook (rayagg/runtime/faults.py): for each ``(node, round, how)``, as the first
+    call of that round to ``node`` is submitted, kills the node's host (``"kill"``, every
+    node on it) or stops the node alone (``"stop"``: that call still runs, its next ones
+    fail). The fault lands in its round whatever the machine's speed; a timer some
+    seconds into a round found a device's part of it done on a fast run, still running
+    on a slow one. Only with one round in flight: then the calls of that round are the
+    only ones pending. ``at``: node -> when its fault was injected."""
+
+    def __init__(self, *faults):
+        self.faults, self.runner, self.at = list(faults), None, {}
+
+    def fault(self, point):
+        if point.at != FaultAt.CALL_SUBMITTED or self.runner.rounds_pending:
+            return
+        for node, round_index, how in self.faults:
+            if point.node == node and self.runner.round_index == round_index and node not in self.at:
+                self.at[node] = time.monotonic()
+                handle = self.runner.actors[node]
+                handle.stop_node.remote(node) if how == "stop" else ray.kill(handle, no_restart=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,28 +112,26 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
         ray_session, config, plan, tmp_path):
     """Devices two to a host (device-host-0: device-0, 1; device-host-1: device-2, 3),
     edges one to a host, dead devices re-join. Round 1: edge-0 dies; its devices, on a
-    shared host, move to edge-1. Round 2: device-1 leaves its host alone; device-0 on the
-    same host carries on. The request to leave queues behind the host's calls of round 2
-    (one caller's calls run in order), so device-1 finishes round 2, scored, then falls
-    silent. Round 3: device-host-1 dies with both its devices. Each dead device drops out
-    (its samples stay with its ancestors) and re-joins at the start of the next round,
+    shared host, move to edge-1. Round 2: device-1 stops alone after its first call of the
+    round; device-0 on the same host carries on. Round 3: device-host-1 dies with both its
+    devices. Each round that loses a node is retried without it; each dead device drops
+    out (its samples stay with its ancestors) and re-joins at the start of the next round,
     restored from its last checkpoint: device-1 on its own host, device-2 and device-3 on
     a new device-host-1. The root keeps every bridge sample.
-    One round in flight: with two, a device's part of round N runs during round N-1 and
-    a kill "in round N" no longer finds it (the test above kills with two in flight)."""
+    One round in flight: with two, a device's part of round N runs during round N-1 (the
+    test above kills with two in flight)."""
     config = packed(config, device=2).with_changes(
         training={"rounds": 4}, supervision={"rejoin_dead_leaves": True}, runtime={"rounds_in_flight": 1})
-    runner = RayRunner(replace(plan, config=config))
-    killed = kill_during_round(runner, "edge-0", 1)  # before any checkpoint: moves need none
-    kill_during_round(runner, "device-1", 2, stop=True)
-    kill_during_round(runner, "device-2", 3)
+    # edge-0 dies before any checkpoint: its devices' moves need none
+    faults = FaultsInRounds(("edge-0", 1, "kill"), ("device-1", 2, "stop"), ("device-2", 3, "kill"))
+    faults.runner = runner = RayRunner(replace(plan, config=config), faults=faults.fault)
     records, inspected = inspected_run(runner, tmp_path)
     assert inspected["dead"] == {"edge-0"}
     assert inspected["tree"].children("edge-1") == ["device-0", "device-1", "device-2", "device-3"]
     assert inspected["counts"]["cloud-0"] == inspected["counts"]["edge-1"] == total_samples(plan)
     rounds = lambda node: sorted({r.round for r in records if r.node == node})
     assert rounds("device-0") == [1, 2, 3, 4]  # its sibling's departure did not touch it
-    assert rounds("device-1") == [1, 2, 3, 4]  # left after round 2, back for round 3
+    assert rounds("device-1") == [1, 3, 4]  # left in round 2, back for round 3
     assert rounds("device-2") == rounds("device-3") == [1, 2, 4]
     assert rounds("cloud-0") == [1, 2, 3, 4]
     hosts = [(a.name, a.state) for a in inspected["actors"] if a.class_name == "NodeHost"]
@@ -123,9 +141,12 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
     death = next(e for e in events if e.kind == "declare_dead")
     supervision = config.supervision
     assert death.node == "edge-0" and death.round == 1
-    assert death.monotonic_s - killed["at"] <= supervision.heartbeat_interval_s * supervision.max_missed + 1
+    assert death.monotonic_s - faults.at["edge-0"] <= supervision.heartbeat_interval_s * supervision.max_missed + 1
     assert {e.node for e in events if e.kind == "reparent"} == {"device-0", "device-1"}
     moved = {"device-1", "device-2", "device-3"}
     assert {e.node for e in events if e.kind == "drop_leaf"} == moved
     assert sorted(e.node for e in events if e.kind == "rejoin") == sorted(moved)
     assert [e.round for e in events if e.node == "device-1" and e.kind in ("declare_dead", "rejoin")] == [2, 3]
+    assert [e.detail for e in events if e.kind == "retry"] == [
+        f"round {n} retried after losing {lost}" for n, lost in
+        [(1, "edge-0"), (2, "device-1"), (3, "device-2, device-3")]]

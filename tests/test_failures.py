@@ -104,7 +104,10 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     assert sorted({r.round for r in records if r.node == "edge-0"}) == [1, 2, 3]
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2, 3]
     events = read_events(tmp_path / "events.parquet")
-    assert [e.node for e in events if e.kind == "restart"] == ["edge-0", "cloud-0"]
+    # Two rounds in flight: the kill aimed at round 3 may be handled before the one aimed
+    # at round 2, so the order of the restarts is not fixed; that each had a checkpoint is.
+    assert sorted(e.node for e in events if e.kind == "restart") == ["cloud-0", "edge-0"]
+    assert not [e for e in events if e.kind == "restart_fresh"]
     assert not [e for e in events if e.kind == "reparent"]
 
 

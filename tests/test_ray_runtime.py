@@ -183,7 +183,12 @@ def test_bench_runs_both_drivers_and_explains_the_round(ray_session, quick_confi
     # The critical path is made of calls the rounds waited for: never longer than the rounds.
     assert 0 < r["critical_path_s"] <= r["seconds_per_round"] * 1.001
     assert r["critical_path_ratio"] >= 0.999 and 0 <= r["overhead_share"] < 1
-    assert "cloud-0" in r["critical_path_by_node"]  # every round ends with the cloud's evaluation
+    # Which nodes the path crosses depends on measured durations (with CNNs everywhere the
+    # packed edge host's chain may outlast the cloud's); what holds: it is made of the
+    # tree's nodes and their calls on it add up to the path.
+    by_node = r["critical_path_by_node"]
+    assert set(by_node) <= {x.node for x in ray_records}
+    assert sum(sum(calls.values()) for calls in by_node.values()) == pytest.approx(2 * r["critical_path_s"])
     assert r["gflops_machine"] > 0 and 0 < r["gflops_achieved"] < r["gflops_machine"]
     assert r["peak_rss_bytes"] > 100 * 2**20 and r["inprocess_peak_rss_bytes"] > 100 * 2**20
     trained_per_round = 2 * sum(x.bridge_samples for x in ray_records if x.round == 1 and x.tier != "cloud")

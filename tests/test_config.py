@@ -159,3 +159,56 @@ def test_non_finite_numbers_in_nested_maps_are_rejected():
     raw = base()
     raw["tree"]["tiers"][0]["resources"] = {"custom": {"accelerator": float("nan")}}
     assert "tree.tiers.0.resources.custom.accelerator" in error_of(raw)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_config_is_valid(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize("section,key", [
+    ("training", "rounds"), ("training", "batch_size"), ("training", "seed"), ("data", "train_samples"),
+    ("data", "min_samples_per_device"), ("autoencoder", "epochs"), ("runtime", "rounds_in_flight"),
+    ("supervision", "max_restarts"), ("balance", "cooldown")])
+def test_a_boolean_is_no_integer(section, key):
+    message = error_of({**base(), section: {key: True}})
+    assert f"{section}.{key}: Input should be a valid integer (got True)" in message
+
+
+def test_a_boolean_is_no_count_in_the_tree():
+    raw = base()
+    raw["tree"]["tiers"][2]["fanout"] = True
+    assert "tree.tiers.2.fanout: Input should be a valid integer (got True)" in error_of(raw)
+
+
+@pytest.mark.parametrize("section,key", [("training", "lr"), ("runtime", "round_timeout_s"),
+                                         ("supervision", "heartbeat_interval_s")])
+def test_a_boolean_is_no_number(section, key):
+    assert f"{section}.{key}: expected a number, not a boolean (got True)" in \
+        error_of({**base(), section: {key: True}})
+
+
+def test_numbers_still_read_as_yaml_writes_them():
+    config = parse_config({**base(), "training": {"lr": 1, "rounds": 3, "momentum": "0.5"}})
+    assert (config.training.lr, config.training.rounds, config.training.momentum) == (1.0, 3, 0.5)
+
+
+def test_rounds_have_an_upper_bound():
+    assert parse_config({**base(), "training": {"rounds": 1_000_000}}).training.rounds == 1_000_000
+    message = error_of({**base(), "training": {"rounds": 10 ** 12}})
+    assert "training.rounds: Input should be less than or equal to 1000000 (got 1000000000000)" in message
+    with pytest.raises(ConfigError, match="training.rounds"):
+        parse_config(base()).with_rounds(1_000_001)
+
+
+@pytest.mark.parametrize("section", ["training", "churn"])
+def test_seeds_are_what_numpy_accepts(section):
+    raw = base()
+    if section == "churn":
+        raw["tree"]["tiers"][2]["elastic"] = {"min_devices": 1, "max_devices": 6,
+                                              "churn": {"leave": 0.1, "join": 0.1, "seed": -1}}
+        field = "tree.tiers.2.elastic.churn.seed"
+    else:
+        raw["training"] = {"seed": -1}
+        field = "training.seed"
+    assert f"{field}: Input should be greater than or equal to 0 (got -1)" in error_of(raw)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pydantic
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayagg.config.sections import (AutoencoderConfig, BalanceConfig, DataConfig, EmulationConfig, OutputConfig,
                                     RuntimeConfig, SupervisionConfig, TrainingConfig, _Section)
@@ -32,6 +32,16 @@ class RunConfig(_Section):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     emulation: EmulationConfig = Field(default_factory=EmulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, value: str) -> str:
+        # The name ends a path (<base_dir>/<name>-<timestamp>): `../../x` would put the run
+        # outside base_dir.
+        if value in ("", ".", "..") or any(char in value for char in "/\\\0"):
+            raise ValueError("a run name is a plain name: not empty, `.` or `..`, and without "
+                             "`/`, `\\` or NUL")
+        return value
 
     @model_validator(mode="after")
     def _slowdown_names_nodes_or_tiers(self) -> "RunConfig":
@@ -74,6 +84,8 @@ class RunConfig(_Section):
 
 def parse_config(raw: Any, source: str = "config") -> RunConfig:
     """Validates a mapping; raises ConfigError naming every bad field and its value."""
+    if raw is None:
+        raise ConfigError(f"{source}: expected a mapping at the top level, got an empty document")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
@@ -87,7 +99,21 @@ def load_config(path: str | pathlib.Path) -> RunConfig:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    return parse_config_text(path.read_text(), source=str(path))
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    return parse_config_text(_text_of(raw, path), source=str(path))
+
+
+def _text_of(raw: bytes, path: pathlib.Path) -> str:
+    """The file's text (UTF-8, a byte-order mark dropped); raises ConfigError for binary bytes."""
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: not a text YAML file (byte {raw.index(0)} is NUL)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text YAML file (byte {exc.start} is not UTF-8)") from None
 
 
 def parse_config_text(text: str, source: str = "config") -> RunConfig:

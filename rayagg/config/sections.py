@@ -10,12 +10,29 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
 from rayagg.nodes import tier_of
 
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+# Every count, size and seed: an int and nothing else. Pydantic would read YAML's `true`
+# as 1 (`rounds: true`, one round), a float such as 2.0 as 2 and "3" as 3.
+Int = Annotated[int, Strict()]
+# Every other number: an int or a float, or a string that reads as one (PyYAML reads
+# `1e-3` as a string), never a boolean (`lr: true` would train at 1.0).
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+
+MAX_ROUNDS = 1_000_000  # training.rounds: a round takes a second at the very least, so 11+ days
+# Seeds feed numpy's generators (non-negative) and torch.manual_seed (at most 64 bits).
+SEED_RANGE = {"ge": 0, "lt": 2 ** 63}
 
 
 class _Section(BaseModel):
@@ -32,11 +49,11 @@ class DataConfig(_Section):
     download: bool = False
     coarse_labels: bool = False
     partition: Literal["dirichlet", "iid"] = "dirichlet"
-    alpha: float = Field(1.0, gt=0)
-    min_samples_per_device: int = Field(10, ge=1)
-    train_samples: Optional[int] = Field(None, ge=1)
-    test_samples: Optional[int] = Field(None, ge=1)
-    public_samples: int = Field(5000, ge=1)
+    alpha: Float = Field(1.0, gt=0)
+    min_samples_per_device: Int = Field(10, ge=1)
+    train_samples: Optional[Int] = Field(None, ge=1)
+    test_samples: Optional[Int] = Field(None, ge=1)
+    public_samples: Int = Field(5000, ge=1)
 
     @model_validator(mode="after")
     def _coarse_only_for_cifar100(self) -> "DataConfig":
@@ -48,22 +65,22 @@ class DataConfig(_Section):
 class TrainingConfig(_Section):
     """Rounds, optimizer and the BSBODP loss settings (T, beta, gamma)."""
 
-    rounds: int = Field(5, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(16, ge=2)
-    temperature: float = Field(3.0, gt=0)
-    beta: float = Field(10.0, ge=0)
-    gamma: float = Field(1.0, ge=0)
+    rounds: Int = Field(5, ge=1, le=MAX_ROUNDS)
+    lr: Float = Field(0.01, gt=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(5e-4, ge=0)
+    batch_size: Int = Field(16, ge=2)
+    temperature: Float = Field(3.0, gt=0)
+    beta: Float = Field(10.0, ge=0)
+    gamma: Float = Field(1.0, ge=0)
     teacher_mode: Literal["train", "eval"] = "train"
-    seed: int = 0
+    seed: Int = Field(0, **SEED_RANGE)
 
 
 class AutoencoderConfig(_Section):
     """The frozen bridge autoencoder, pretrained once on the public slice and cached."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: Int = Field(5, ge=1)
     cache_dir: str = "~/.cache/rayagg"
 
     def cache_path(self) -> pathlib.Path:
@@ -86,10 +103,10 @@ class RuntimeConfig(_Section):
     rebalancing, a pending repair) is drained first, whatever the setting.
     """
 
-    round_timeout_s: float = Field(1800.0, gt=0)
-    startup_timeout_s: float = Field(300.0, gt=0)
+    round_timeout_s: Float = Field(1800.0, gt=0)
+    startup_timeout_s: Float = Field(300.0, gt=0)
     autoscaling: bool = False
-    rounds_in_flight: int = Field(2, ge=1)
+    rounds_in_flight: Int = Field(2, ge=1)
 
 
 class SupervisionConfig(_Section):
@@ -107,14 +124,14 @@ class SupervisionConfig(_Section):
     rounds.
     """
 
-    heartbeat_interval_s: float = Field(1.0, gt=0)
-    max_missed: int = Field(5, ge=1)
+    heartbeat_interval_s: Float = Field(1.0, gt=0)
+    max_missed: Int = Field(5, ge=1)
     restart_root: bool = True
     replace_dead: bool = False
-    max_restarts: int = Field(3, ge=0)
+    max_restarts: Int = Field(3, ge=0)
     keep_dead_leaf_samples: bool = True
     rejoin_dead_leaves: bool = False
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: Int = Field(1, ge=1)
 
 
 # The balancing policies (rayagg/core/balance.py implements one class per name, in this order).
@@ -136,11 +153,11 @@ class BalanceConfig(_Section):
     """
 
     policy: Literal[BALANCE_POLICIES] = "none"
-    every: int = Field(1, ge=0)
-    max_moves: int = Field(2, ge=1)
-    threshold: float = Field(1.2, ge=1)
-    min_gain: float = Field(0.05, ge=0, lt=1)
-    cooldown: int = Field(2, ge=0)
+    every: Int = Field(1, ge=0)
+    max_moves: Int = Field(2, ge=1)
+    threshold: Float = Field(1.2, ge=1)
+    min_gain: Float = Field(0.05, ge=0, lt=1)
+    cooldown: Int = Field(2, ge=0)
 
     @property
     def rebalances(self) -> bool:
@@ -158,7 +175,7 @@ class EmulationConfig(_Section):
     without taking CPU from the others (a node's own entry wins over its tier's).
     """
 
-    slowdown: dict[str, float] = Field(default_factory=dict)
+    slowdown: dict[str, Float] = Field(default_factory=dict)
 
     @field_validator("slowdown")
     @classmethod

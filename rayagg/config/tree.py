@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from rayagg.config.sections import _Section
+from rayagg.config.sections import SEED_RANGE, Float, Int, _Section
 from rayagg.errors import ConfigError
 
 _TIER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -59,10 +59,10 @@ class Resources(_Section):
     """What one node of a tier asks Ray for; a host actor carrying several nodes asks
     for the sum of its nodes' requests (see ``Tier.nodes_per_actor``)."""
 
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    memory_mb: Optional[int] = Field(None, ge=1)
-    custom: dict[str, float] = Field(default_factory=dict)
+    num_cpus: Float = Field(1.0, ge=0)
+    num_gpus: Float = Field(0.0, ge=0)
+    memory_mb: Optional[Int] = Field(None, ge=1)
+    custom: dict[str, Float] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("custom")
@@ -77,8 +77,8 @@ class Resources(_Section):
 class ScheduleStep(_Section):
     """From round ``round`` on, the elastic tier aims for ``devices`` active devices."""
 
-    round: int = Field(ge=1)
-    devices: int = Field(ge=1)
+    round: Int = Field(ge=1)
+    devices: Int = Field(ge=1)
 
 
 class Churn(_Section):
@@ -87,9 +87,9 @@ class Churn(_Section):
     joins with probability ``join``. Drawn from ``seed`` and the round number alone, so a
     seed gives the same membership every time; the count stays within the range."""
 
-    leave: float = Field(ge=0, le=1)
-    join: float = Field(ge=0, le=1)
-    seed: int = 0
+    leave: Float = Field(ge=0, le=1)
+    join: Float = Field(ge=0, le=1)
+    seed: Int = Field(0, **SEED_RANGE)
 
 
 class Elastic(_Section):
@@ -101,8 +101,8 @@ class Elastic(_Section):
     the ``schedule`` or the ``churn`` model (one of the two at most).
     """
 
-    min_devices: int = Field(ge=1)
-    max_devices: int = Field(ge=1)
+    min_devices: Int = Field(ge=1)
+    max_devices: Int = Field(ge=1)
     schedule: list[ScheduleStep] = Field(default_factory=list)
     churn: Optional[Churn] = None
 
@@ -137,9 +137,9 @@ class Tier(_Section):
 
     name: str
     model: str
-    count: Optional[int] = Field(None, ge=1)
-    fanout: Optional[int] = Field(None, ge=1)
-    nodes_per_actor: int = Field(1, ge=1)
+    count: Optional[Int] = Field(None, ge=1)
+    fanout: Optional[Int] = Field(None, ge=1)
+    nodes_per_actor: Int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
     elastic: Optional[Elastic] = None  # the leaf tier only: devices join and leave
 

@@ -63,6 +63,23 @@ def make_tree(config: RunConfig) -> Tree:
     return Tree.balanced([tier.name for tier in config.tree.tiers], config.tree.counts())
 
 
+def data_split(config: RunConfig) -> partition.Split:
+    """How ``config`` divides the training split over its leaves: one shard per leaf that
+    may ever exist (an elastic tier's ``max_devices``). :func:`make_plan` draws it and
+    ``rayagg check`` draws the same (rayagg/learning/preflight.py)."""
+    cfg = config.data
+    return partition.Split(public_samples=cfg.public_samples, train_samples=cfg.train_samples,
+                           num_devices=config.tree.capacities()[-1], scheme=cfg.partition,
+                           alpha=cfg.alpha, min_per_device=cfg.min_samples_per_device,
+                           seed=config.training.seed)
+
+
+def test_subset(config: RunConfig, num_test: int) -> np.ndarray:
+    """The indices of the test split every node is scored on (``data.test_samples`` of its
+    ``num_test``); raises DataError when there are not that many."""
+    return partition.take_subset(np.arange(num_test), config.data.test_samples, config.training.seed)
+
+
 def load_data(config: RunConfig) -> data.Dataset:
     """Loads the configured data set; raises DataError when it cannot be found."""
     cfg = config.data
@@ -80,19 +97,13 @@ def make_plan(config: RunConfig, dataset: Optional[data.Dataset] = None) -> Plan
     (rayagg/core/balance.py), knowing each shard's size and label counts.
     """
     dataset = dataset or load_data(config)
-    cfg, seed = config.data, config.training.seed
+    labels = dataset.train_labels.numpy()
+    # The split first: a config it refuses (by its sizes, at once) builds no tree.
+    public, shards = data_split(config).draw(labels)
+    test = test_subset(config, len(dataset.test_labels))
     tree = make_tree(config)
-    public, private = partition.split_public(len(dataset.train_labels), cfg.public_samples, seed)
-    private = partition.take_subset(private, cfg.train_samples, seed)
     leaf_tier = config.tree.tiers[-1].name
     leaves = [node_name(leaf_tier, index) for index in range(config.tree.capacities()[-1])]
-    labels = dataset.train_labels.numpy()
-    if cfg.partition == "iid":
-        shards = partition.partition_iid(labels, private, len(leaves), seed)
-    else:
-        shards = partition.partition_dirichlet(labels, private, len(leaves), cfg.alpha,
-                                          cfg.min_samples_per_device, seed)
-    test = partition.take_subset(np.arange(len(dataset.test_labels)), cfg.test_samples, seed)
     counts = {leaf: tuple(int(n) for n in np.bincount(labels[shard], minlength=dataset.num_classes))
               for leaf, shard in zip(leaves, shards)}
     sizes = {leaf: len(shard) for leaf, shard in zip(leaves, shards)}

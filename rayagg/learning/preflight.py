@@ -1,32 +1,43 @@
 """Checks of a run's inputs that the config's own validation cannot make, before anything starts.
 
 A config can be well-formed and still fail an hour later inside an actor: the data set
-is not where the loader looks, or a tier's model cannot be built or cannot train on the
-data set's images. Both checks here are cheap, so they run before Ray, data loading or
-the autoencoder's pretraining: no data file is read (only looked for), and each tier's
-model is built once and takes one forward and backward pass on two dummy images of the
-data set's shape. Every failure names the tier, the model string and the cause.
+is not where the loader looks, its split cannot give every device its samples, or a
+tier's model cannot be built or cannot train on the data set's images. The checks here
+are cheap, so they run before Ray, data loading or the autoencoder's pretraining: the
+data set's files are looked for, the split is drawn on its training labels exactly as
+the run draws it (only the labels are read, for Fashion-MNIST; CIFAR is loaded through
+torchvision as the run loads it), and each tier's model is built once and takes one
+forward and backward pass on two dummy images of the data set's shape. Every failure
+names what is at fault: the tier, the model string and the cause, or the sizes.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayagg.learning import data, models
+from rayagg.learning import data, models, plan
 from rayagg.config import RunConfig, Tier
-from rayagg.errors import ConfigError
+from rayagg.errors import ConfigError, DataError
 
 # The smallest batch on which BatchNorm can use batch statistics, as training does.
 PROBE_BATCH = 2
 
+# (training, test) samples of each data set as `data.download: true` fetches it: the split
+# of a set that is not on disk yet is checked from these sizes.
+DOWNLOADED_SIZES = {"fashion-mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
+                    "cifar100": (50_000, 10_000)}
+
 
 def check_inputs(config: RunConfig) -> None:
-    """Runs :func:`check_data`, then :func:`check_models`; raises what they raise."""
+    """Runs :func:`check_data`, :func:`check_split`, then :func:`check_models`; raises what
+    they raise."""
     check_data(config)
+    check_split(config)
     check_models(config)
 
 
@@ -38,6 +49,45 @@ def check_data(config: RunConfig) -> None:
     """
     cfg = config.data
     data.check_dataset_files(cfg.dataset, root=cfg.root, download=cfg.download)
+
+
+def check_split(config: RunConfig) -> None:
+    """Draws the split of the training data over the leaves as the run will
+    (``rayagg.learning.plan.data_split``) and the test subset, on the data set's labels.
+
+    Raises the DataError the run would raise, with its message: sizes that cannot be met
+    (checked from the numbers first, so ten million devices cost nothing), or a Dirichlet
+    split that leaves a device below ``data.min_samples_per_device`` on every draw. A data
+    set that ``data.download`` will fetch is checked from its published sizes alone.
+    """
+    labels, num_test = _training_labels(config)
+    split = plan.data_split(config)
+    if labels is None:
+        num_train, num_test = DOWNLOADED_SIZES[config.data.dataset]
+        split.check_sizes(num_train)
+    else:
+        split.draw(labels)
+    plan.test_subset(config, num_test)
+
+
+def _training_labels(config: RunConfig) -> tuple[Optional[np.ndarray], int]:
+    """(the training labels the run will split, the test split's size) as the run's loader
+    will read them; (None, 0) when the data set is not on disk and ``data.download`` is set."""
+    cfg = config.data
+    try:
+        data.check_dataset_files(cfg.dataset, root=cfg.root)  # what is on disk, downloading nothing
+        if cfg.dataset == "fashion-mnist":
+            files = data.find_fashion_mnist(cfg.root)
+            train, test = (data.read_idx(files[key]) for key in ("train_labels", "test_labels"))
+            if train.ndim == test.ndim == 1:
+                return train.astype(np.int64), len(test)
+            # Otherwise the loader below refuses the files, naming them.
+        dataset = data.load_dataset(cfg.dataset, root=cfg.root, coarse_labels=cfg.coarse_labels)
+        return dataset.train_labels.numpy(), len(dataset.test_labels)
+    except DataError:
+        if cfg.download:  # the run fetches what is missing or unreadable
+            return None, 0
+        raise
 
 
 def check_models(config: RunConfig) -> None:

@@ -20,7 +20,7 @@ from rayagg.rundir.manifest import (CONFIG_FILE, RunState, checkpoint_file, mani
                                     round_directory)
 from rayagg.rundir.metrics import NodeMetrics
 from rayagg.rundir.resume import earlier_events, earlier_records
-from rayagg.stopping import Stopped, StopSignals
+from rayagg.stopping import Stopped, StopSignals, stop_within
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
     from rayagg.core.membership import Change
@@ -82,12 +82,15 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
     """
     config = runner.plan.config  # one source of truth: what the nodes were built from
     stop = stop or StopSignals()
-    files = _run_files(runner, out_dir, resume)
-    everyone = Observers([files, *observers])
-    write_atomic(out_dir / CONFIG_FILE, config.to_yaml().encode())
     error: Optional[BaseException] = None
+    everyone: Optional[Observers] = None
     try:
+        # RUN_DIR is written only once the cluster answers: a run that never started
+        # leaves nothing that would block the next try.
         runner.connect()
+        files = _run_files(runner, out_dir, resume)
+        everyone = Observers([files, *observers])
+        write_atomic(out_dir / CONFIG_FILE, config.to_yaml().encode())
         with stop.handling_signals():
             runner.start(out_dir, resume, everyone)
             everyone.run_started(RunStart(config, out_dir, resume.round if resume else None))
@@ -99,13 +102,19 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
             if stop.requested:
                 raise Stopped(stop.signum, abandoned=False)
     except BaseException as exc:
-        if isinstance(exc, Stopped):
-            exc.checkpoint_round = runner.checkpoint.round if runner.checkpoint else None
-        error = exc
+        # A stop raised by a signal handler inside a C extension's call (a Ray wait)
+        # arrives wrapped, e.g. as a SystemError: it is still a stop.
+        stopped = stop_within(exc)
+        if stopped is not None:
+            stopped.checkpoint_round = runner.checkpoint.round if runner.checkpoint else None
+        error = stopped or exc
+        if stopped is not None and stopped is not exc:
+            raise stopped from None
         raise
     finally:
         try:
-            everyone.run_finished(RunOutcome(files.records, error))
+            if everyone is not None:
+                everyone.run_finished(RunOutcome(files.records, error))
         finally:
             runner.close()
     return files.records

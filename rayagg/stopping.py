@@ -33,6 +33,19 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
+def stop_within(exc: Optional[BaseException]) -> Optional[Stopped]:
+    """The :class:`Stopped` that ``exc`` is or wraps (its causes and contexts), else None.
+    A signal handler that raises while a C extension runs (Ray's ``CoreWorker.wait``) has
+    its exception come back as the context of a SystemError; the stop is still a stop."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Stopped):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class StopSignals:
     """Stop requests for one run, from SIGINT/SIGTERM or from code (tests, tools)."""
 

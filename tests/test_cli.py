@@ -2,6 +2,9 @@
 import pathlib
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -232,15 +235,88 @@ def test_a_resume_may_change_where_nodes_run_but_not_what_they_are(quick_config)
         check_resumable_config(quick_config, other)
 
 
-def test_an_address_where_nothing_listens_fails_fast_naming_it(quick_config, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def quick_plan(quick_config, tiny_dataset):
+    return make_plan(quick_config, tiny_dataset)  # pretrains the autoencoder once, if needed
+
+
+@pytest.fixture
+def web_server():
+    """A port where something listens that is not Ray: Python's HTTP server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "http.server did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.ray  # --address imports Ray (it never starts or joins one here)
+@pytest.mark.parametrize("where", ["nothing listens", "a web server listens"])
+def test_an_address_that_is_not_a_ray_cluster_fails_fast_and_leaves_nothing(where, quick_config, quick_plan,
+                                                                            tmp_path, monkeypatch, request):
+    """Refused within seconds naming the address (ray.init would retry a web server for
+    10+ minutes), and RUN_DIR is not created: the same command works once the cluster
+    is there, with no --overwrite. ``quick_plan``: the autoencoder is cached already."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what the CLI sets for --address, undone after
-    config = tmp_path / "quick.yaml"
+    address = "127.0.0.1:1" if where == "nothing listens" else request.getfixturevalue("web_server")
+    config, out = tmp_path / "quick.yaml", tmp_path / "runs" / "run"
     config.write_text(quick_config.to_yaml())
     started = time.monotonic()
-    result = invoke("run", config, "--address", "127.0.0.1:1", "--out", tmp_path / "run")
+    result = invoke("run", config, "--address", address, "--out", out)
     assert result.exit_code == 2, result.output
-    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in result.output
+    expected = "cannot reach the Ray cluster at" if where == "nothing listens" else "it is not a Ray cluster"
+    assert f"{expected}" in result.output and repr(address) in result.output, result.output
     assert time.monotonic() - started < 30
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_directory_that_cannot_be_created_is_refused_before_anything_starts(quick_config, tmp_path):
+    config = tmp_path / "quick.yaml"
+    config.write_text(quick_config.to_yaml())
+    result = invoke("run", config, "--local", "--out", "/proc/rayagg-run")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "cannot create or write the run directory /proc/rayagg-run" in result.output
+    assert "rayagg: run" not in result.output  # refused before the run began
+    elsewhere = quick_config.with_changes(output={"base_dir": "/proc/rayagg"})
+    config.write_text(elsewhere.to_yaml())
+    result = invoke("run", config, "--local")
+    assert result.exit_code == 2 and "cannot create or write the run directory /proc/rayagg/" in result.output
+
+
+def test_ctrl_c_while_the_autoencoder_pretrains_exits_130_and_caches_nothing(quick_config, tmp_path):
+    """A real SIGINT to a real `rayagg run` once pretraining has begun (its lock file is
+    there), before the run's own signal handling is in place."""
+    cache, out, config = tmp_path / "cache", tmp_path / "run", tmp_path / "quick.yaml"
+    config.write_text(quick_config.with_changes(autoencoder={"cache_dir": str(cache)}).to_yaml())
+    rayagg = pathlib.Path(sys.executable).parent / "rayagg"
+    process = subprocess.Popen([str(rayagg), "run", str(config), "--local", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob("*.lock")):
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "stopped by SIGINT while starting" in output and "Aborted" not in output, output
+    assert not list(cache.glob("*.pt")) and not out.exists()
 
 
 def test_a_second_sigint_stops_at_once(quick_config, tmp_path):

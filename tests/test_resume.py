@@ -81,6 +81,17 @@ def twice(stop):
     stop.request(signal.SIGINT)  # the second request raises Stopped at once
 
 
+def twice_inside_a_c_call(stop):
+    """A second SIGINT landing in a Ray wait: CPython hands the handler's Stopped back as
+    the context of a SystemError ("<cyfunction CoreWorker.wait> returned a result with an
+    exception set"), seen once in a few tries with real signals."""
+    stop.request(signal.SIGINT)
+    try:
+        stop.request(signal.SIGINT)
+    except Stopped:
+        raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set")
+
+
 # (point, trigger, learn call or round, abandoned, checkpoint a resume continues after)
 CASES = {
     "while starting": ("start", once, 0, False, 0),
@@ -89,6 +100,7 @@ CASES = {
     "during a checkpoint": ("checkpoint", once, 2, False, 2),
     "twice mid-round 2": ("learn", twice, 3, True, 0),  # round 1 was never checkpointed
     "twice during a checkpoint": ("checkpoint", twice, 2, True, 0),
+    "twice inside a C call": ("learn", twice_inside_a_c_call, 3, True, 0),
 }
 
 

@@ -26,6 +26,23 @@ class user_errors:
         return False
 
 
+class interrupted_while_starting:
+    """Ctrl-C before a run's own signal handling is in place (loading data, pretraining the
+    autoencoder, joining Ray) exits 130 with one line, as a stop does later, not with
+    click's "Aborted!". Nothing is half-written by then: the autoencoder cache is written
+    atomically once trained, RUN_DIR only once the cluster answers."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            click.echo("rayagg: stopped by SIGINT while starting, before any round was trained: "
+                       "run the same command again to start", err=True)
+            sys.exit(130)
+        return False
+
+
 def stamp() -> str:
     """Now, as run directories are suffixed: ``20261203-214501``."""
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 import click
 
-from rayagg.cli.common import default_run_dir, echo_emulation, prepare_to_join, user_errors
+from rayagg.cli.common import (default_run_dir, echo_emulation, interrupted_while_starting, prepare_to_join,
+                               user_errors)
 from rayagg.client.jobs import CONFIG_ENV
 from rayagg.config import RunConfig, absolute_path, load_config, parse_config_text
 from rayagg.errors import ConfigError, RayaggError
@@ -57,7 +58,7 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
     from rayagg.rundir.directory import check_new_run_dir, clear_run_dir
     from rayagg.rundir.resume import load_for_resume
 
-    with user_errors():
+    with user_errors(), interrupted_while_starting():
         _check_usage(config_path, resume_dir, out_dir, overwrite, config_from_env)
         config = _load_run_config(config_path, resume_dir, config_from_env)
         if rounds is not None:
@@ -103,9 +104,6 @@ def _train(runner, run_dir: pathlib.Path, state) -> None:
         except Stopped as stopped:
             _explain_stop(stopped, run_dir)
             sys.exit(stopped.exit_code)
-        except KeyboardInterrupt:  # before the signal handlers were in place
-            click.echo("rayagg: interrupted while starting", err=True)
-            sys.exit(130)
 
 
 class ProgressBar(RunObserver):
@@ -189,9 +187,11 @@ def pretrain_autoencoder(config_path: str) -> None:
 def check(config_path: str) -> None:
     """Validate CONFIG and print the tree's shape, without starting Ray.
 
-    Besides the file itself it builds each tier's model once (importing user factory
-    modules) and runs a forward and backward pass on a dummy batch of the data set's
-    shape, and checks the data set's files are where the config says.
+    Besides the file itself it checks the data set's files are where the config says,
+    draws the split of its training labels over the devices as a run will (a split a
+    run would refuse is refused here, with the same message), and builds each tier's
+    model once (importing user factory modules) for a forward and backward pass on a
+    dummy batch of the data set's shape.
     """
     from rayagg.core.packing import pack
     from rayagg.learning import preflight

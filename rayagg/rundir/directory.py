@@ -8,11 +8,12 @@ import pathlib
 import secrets
 import shutil
 import socket
+from enum import Enum
 from typing import Optional
 
 from rayagg.errors import CheckpointError, RunDirError
 from rayagg.files import write_atomic
-from rayagg.rundir.live import LIVE_FILE, read_live
+from rayagg.rundir.live import LIVE_FILE, boot_id, process_command, process_start, read_live
 from rayagg.rundir.manifest import RunState, holds_run
 
 
@@ -25,6 +26,7 @@ def check_new_run_dir(path: pathlib.Path, overwrite: bool = False) -> None:
         if ancestor.exists() and not ancestor.is_dir():
             raise RunDirError(f"cannot use {path} as a run directory: {ancestor} is a file")
     if not path.exists() or not any(path.iterdir()):
+        check_writable(path)
         return
     if not holds_run(path):
         raise RunDirError(f"{path} is not empty and holds no rayagg run: choose a new or empty "
@@ -35,26 +37,96 @@ def check_new_run_dir(path: pathlib.Path, overwrite: bool = False) -> None:
                           f"--resume {path}, or replace it with --overwrite")
 
 
+def check_writable(path: pathlib.Path) -> None:
+    """RunDirError naming ``path`` and the reason unless a run can create it (with its
+    missing parents) and write into it. What the check creates it removes again: a run
+    that never starts (a cluster that does not answer) leaves nothing behind."""
+    path = pathlib.Path(path)
+    created = [p for p in [path, *path.parents] if not p.exists()]
+    probe = path / f".rayagg-probe-{secrets.token_hex(4)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"cannot create or write the run directory {path}: "
+                          f"{exc.strerror or exc}") from exc
+    finally:
+        for directory in created:  # deepest first
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+
 def check_not_live(path: pathlib.Path) -> None:
     """RunDirError when a run may still be training in ``path`` (its live record names a
     process that runs, or one on another machine): no second run may write there."""
     live = read_live(path)
-    if live is None or driver_gone(live):
-        return  # no record, or the record of a run that crashed before it could remove it
-    here = live.get("hostname") == socket.gethostname()
-    where = f"pid {live.get('pid')}" + ("" if here else f" on {live.get('hostname')}")
-    raise RunDirError(f"a run is training in {path} ({where}): stop it first (if it is gone, "
+    if live is None:
+        return
+    state, why = driver_state(live)
+    if state == DriverState.GONE:
+        return  # the record of a run that crashed before it could remove it
+    if state == DriverState.ELSEWHERE:
+        raise RunDirError(f"a run may be training in {path}: {why}; stop it there first (if it is gone, "
+                          f"delete {path / LIVE_FILE})")
+    raise RunDirError(f"a run is training in {path} (pid {live.get('pid')}): stop it first (if it is gone, "
                       f"delete {path / LIVE_FILE})")
+
+
+class DriverState(str, Enum):
+    """What a live record's driver is, as seen from this machine."""
+
+    LIVE = "live"  # its process runs here
+    GONE = "gone"  # it ran here and does not any more
+    ELSEWHERE = "elsewhere"  # it runs (or ran) on another machine: not checked from here
+
+
+def driver_state(live: dict) -> tuple[DriverState, str]:
+    """Whether the driver a live record names still runs, and why in a few words.
+
+    A record from another machine (another host name) cannot be judged from here. On
+    this machine the driver is gone when its pid runs no process, when the machine
+    booted again since (another boot id), or when the pid now belongs to another process:
+    one that started at another time than the recorded driver or, for a record without
+    a start time (written before rayagg recorded it), one that runs neither Python nor
+    rayagg (pid 1, say). Without /proc only the pid can be checked."""
+    pid, host = live.get("pid"), live.get("hostname")
+    if host != socket.gethostname():
+        return DriverState.ELSEWHERE, (f"its driver, pid {pid}, is on another machine ({host}) and cannot be "
+                                       "checked from here")
+    recorded_boot = live.get("boot_id")
+    if recorded_boot is not None and boot_id() is not None and recorded_boot != boot_id():
+        return DriverState.GONE, f"its driver (pid {pid}) is gone: this machine has restarted since"
+    if not _process_exists(pid):
+        return DriverState.GONE, f"its driver (pid {pid}) is gone"
+    if "started" in live:
+        started = process_start(pid)
+        if started is not None and started != live["started"]:
+            return DriverState.GONE, (f"its driver (pid {pid}) is gone: pid {pid} is now another process "
+                                      "(it started at another time)")
+    else:
+        command = process_command(pid)
+        if command is not None and not any(_is_driver_word(part) for part in command):
+            return DriverState.GONE, (f"its driver (pid {pid}) is gone: pid {pid} is now another process "
+                                      f"({pathlib.PurePath(command[0]).name if command else 'a kernel thread'})")
+    return DriverState.LIVE, f"driver pid {pid} on {host}"
+
+
+def _is_driver_word(part: str) -> bool:
+    name = pathlib.PurePath(part).name
+    return "python" in name or "rayagg" in name
 
 
 def driver_gone(live: dict) -> bool:
     """True when a live record names a driver process on this machine that no longer runs
-    (it crashed before it could remove the record); a driver elsewhere cannot be checked."""
-    return live.get("hostname") == socket.gethostname() and not _process_exists(live.get("pid"))
+    (see :func:`driver_state`); a driver elsewhere cannot be checked."""
+    return driver_state(live)[0] == DriverState.GONE
 
 
 def _process_exists(pid) -> bool:
-    if not isinstance(pid, int):
+    if type(pid) is not int or pid <= 0:
         return False
     try:
         os.kill(pid, 0)

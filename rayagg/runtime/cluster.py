@@ -2,6 +2,7 @@
 ``ray.init`` and ``ray.nodes``."""
 from __future__ import annotations
 
+import os
 import socket
 from typing import Callable, Optional
 
@@ -58,11 +59,35 @@ def _probe(address: str) -> None:
     if not host or not port.isdigit():
         raise ClusterError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as connection:
+            reply = b"" if os.environ.get("RAY_USE_TLS", "0") not in ("", "0") else _hello(connection)
     except OSError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r} within "
                            f"{CONNECT_TIMEOUT_S:g} s: {exc} (is `ray start --head` running there, "
                            "and is the port open to this machine?)") from exc
+    if reply is not None:
+        return
+    raise ClusterError(f"something listens at {address!r} but it is not a Ray cluster: it does not "
+                       f"answer Ray's protocol (gRPC over HTTP/2) within {CONNECT_TIMEOUT_S:g} s; check "
+                       "the port (the head's GCS port, 6379 by default, or ray://HOST:10001)")
+
+
+# An HTTP/2 client's first bytes: the connection preface and an empty SETTINGS frame.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_SETTINGS_FRAME = 4
+
+
+def _hello(connection: socket.socket) -> bytes | None:
+    """Ray's GCS and client server are gRPC servers: greeted as an HTTP/2 client, they
+    answer with a SETTINGS frame (frame type at byte 3). Anything else (a web server's
+    page, silence) is not Ray; ray.init would retry it for many minutes. Returns the
+    reply, or None when it is not Ray's. (With RAY_USE_TLS the greeting is not tried.)"""
+    try:
+        connection.sendall(_HTTP2_HELLO)
+        reply = connection.recv(9)
+    except (socket.timeout, ConnectionError):
+        return None
+    return reply if len(reply) >= 4 and reply[3] == _SETTINGS_FRAME else None
 
 
 def cluster_nodes() -> list[ClusterNode]:

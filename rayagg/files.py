@@ -5,7 +5,8 @@ with its SHA-256 in the run's manifest (``RUN_DIR/state.json``); readers pass th
 digest they expect, and a file whose bytes differ is a CheckpointError naming it, so a
 flipped byte or a truncated copy is never loaded silently. Parquet files are also
 written with page checksums, which catch flipped bytes where no digest is at hand
-(metrics, events).
+(metrics, events). Every Parquet file is read through :func:`read_parquet`, which checks
+that the bytes are shaped like a whole Parquet file before pyarrow sees them.
 """
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def verified_bytes(path: pathlib.Path, sha256: Optional[str], what: str = "file"
 
 
 def write_sealed_rows(rows: list[dict], schema: pa.Schema, path: pathlib.Path) -> None:
-    """Writes small tables that no manifest lists (metrics, events): Parquet with a seal,
+    """Writes small tables whose bytes no manifest digests (metrics, events: they grow past
+    the last cut): Parquet with a seal,
     a SHA-256 of the rows in the file's metadata, which :func:`read_sealed_rows` checks."""
     table = pa.Table.from_pylist(rows, schema=schema)
     write_parquet_atomic(table.replace_schema_metadata({_SEAL_KEY: _rows_digest(table).encode()}), path)
@@ -139,14 +141,52 @@ def write_parquet_atomic(table: pa.Table, path: pathlib.Path) -> None:
 
 
 def read_parquet(path: pathlib.Path, what: str, sha256: Optional[str] = None) -> pa.Table:
-    """Reads a Parquet run file, verifying ``sha256`` (if given) and page checksums; raises
-    CheckpointError naming ``what`` and the file for anything missing or unreadable."""
+    """Reads a Parquet run file, verifying ``sha256`` (if given), that its bytes are a whole
+    Parquet file and its page checksums; raises CheckpointError naming ``what`` and the file
+    for anything missing or unreadable. Every Parquet file rayagg reads comes through here."""
     data = verified_bytes(path, sha256, what)
+    check_parquet_whole(data, path, what)
     try:
         return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for bad bytes
         raise CheckpointError(f"{what} {path} is not readable Parquet (truncated or corrupt): "
                               f"{exc}") from exc
+
+
+def parquet_row_count(path: pathlib.Path, what: str) -> int:
+    """The rows of a Parquet run file, from its footer alone (no pages are read);
+    CheckpointError naming ``what`` and the file as :func:`read_parquet`."""
+    data = verified_bytes(path, None, what)
+    check_parquet_whole(data, path, what)
+    try:
+        return pq.read_metadata(pa.BufferReader(data)).num_rows
+    except Exception as exc:
+        raise CheckpointError(f"{what} {path} is not readable Parquet (truncated or corrupt): "
+                              f"{exc}") from exc
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def check_parquet_whole(data: bytes, path: pathlib.Path, what: str) -> None:
+    """CheckpointError naming the file unless ``data`` is shaped like a whole Parquet file:
+    the magic 'PAR1' at both ends and a footer length that fits between them. pyarrow is
+    never handed a file that fails this: some truncated files abort the process in it
+    (exit 134, "terminate called without an active exception") instead of raising."""
+    size = len(data)
+    reason = None
+    if size < 12:
+        reason = f"it is {size} bytes, fewer than the 12 of the smallest Parquet file"
+    elif data[:4] != _PARQUET_MAGIC:
+        reason = "it does not begin with the Parquet magic 'PAR1'"
+    elif data[-4:] != _PARQUET_MAGIC:
+        reason = "it does not end with the Parquet magic 'PAR1'"
+    else:
+        footer = int.from_bytes(data[-8:-4], "little")
+        if not 0 < footer <= size - 12:
+            reason = f"its footer length ({footer} bytes) does not fit in its {size} bytes"
+    if reason is not None:
+        raise CheckpointError(f"{what} {path} is not readable Parquet (truncated or corrupt): {reason}")
 
 
 _SEAL_KEY = b"rayagg.rows_sha256"

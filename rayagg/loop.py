@@ -102,15 +102,10 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
             if stop.requested:
                 raise Stopped(stop.signum, abandoned=False)
     except BaseException as exc:
-        # A stop raised by a signal handler inside a C extension's call (a Ray wait)
-        # arrives wrapped, e.g. as a SystemError: it is still a stop.
-        stopped = stop_within(exc)
-        if stopped is not None:
-            stopped.checkpoint_round = runner.checkpoint.round if runner.checkpoint else None
-        error = stopped or exc
-        if stopped is not None and stopped is not exc:
-            raise stopped from None
-        raise
+        error = _as_stop(exc, runner)
+        if error is exc:
+            raise
+        raise error from None
     finally:
         try:
             if everyone is not None:
@@ -118,6 +113,17 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
         finally:
             runner.close()
     return files.records
+
+
+def _as_stop(exc: BaseException, runner: Runner) -> BaseException:
+    """``exc``, or the stop it is or wraps with the round a resume continues after. A stop
+    raised by a signal handler inside a C extension's call (a Ray wait) arrives wrapped,
+    as a SystemError: it is still a stop."""
+    stopped = stop_within(exc)
+    if stopped is None:
+        return exc
+    stopped.checkpoint_round = runner.checkpoint.round if runner.checkpoint else None
+    return stopped
 
 
 def _run_files(runner: Runner, out_dir: pathlib.Path, resume: Optional[RunState]) -> RunFiles:

@@ -141,8 +141,7 @@ def test_devices_join_and_leave_at_round_boundaries_through_faults(churned):
 def test_requests_during_recovery_and_from_the_cli_apply_at_the_next_boundary(churned):
     churn, _, _, out, _, _ = churned
     assert "6 devices active now; 3 from the start of round 4" in churn.requested["during recovery"]
-    assert churn.requested["out of range"].endswith("refused: the request: 40 devices is outside the "
-                                                     "range [2, 8]")
+    assert churn.requested["out of range"].endswith("refused: asked for 40 devices; the range is [2, 8]")
     code, output = churn.requested["cli"]
     assert code == 0 and "3 devices active now; 5 from the start of round 5" in output, output
 

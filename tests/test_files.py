@@ -1,5 +1,6 @@
 """Durable run files: atomic writes, digests, and checkpoints that refuse altered bytes."""
 import os
+import re
 
 import pytest
 import torch
@@ -129,3 +130,22 @@ def test_pruning_keeps_the_cut_a_dead_nodes_last_file_and_rounds_still_in_flight
     prune_checkpoints(tmp_path, state)
     kept = sorted(d.name for d in (tmp_path / "checkpoints").iterdir())
     assert kept == ["round-0002", "round-0003", "round-0004"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "5 bytes", "11 bytes", "half", "all but 1 byte", "no head"])
+def test_a_parquet_file_that_is_not_whole_is_refused_before_pyarrow_reads_it(tmp_path, monkeypatch, damage):
+    """Some damaged files abort the process inside pyarrow instead of raising: the reader
+    checks the magic at both ends and that the footer fits before pyarrow sees a byte."""
+    from rayagg import files
+    from rayagg.rundir.metrics import NodeMetrics, read_metrics, write_metrics
+
+    path = tmp_path / "metrics.parquet"
+    write_metrics([NodeMetrics(1, "cloud-0", "cloud", 0.5, 1.0, 1.5, 9.0)], path)
+    data = path.read_bytes()
+    damaged = {"empty": b"", "5 bytes": data[:5], "11 bytes": data[:11], "half": data[: len(data) // 2],
+               "all but 1 byte": data[:-1], "no head": data[4:]}[damage]
+    path.write_bytes(damaged)
+    monkeypatch.setattr(files.pq, "read_table", lambda *a, **k: pytest.fail("pyarrow read a damaged file"))
+    with pytest.raises(CheckpointError, match=re.escape(f"metrics file {path} is not readable Parquet "
+                                                        "(truncated or corrupt): it")):
+        read_metrics(path)

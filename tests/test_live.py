@@ -82,6 +82,52 @@ def test_status_says_when_the_driver_is_gone(tmp_path):
     assert "not live: its driver" in result.output and "--resume" in result.output
 
 
+def stale_record(tmp_path, **record):
+    """A live.json as a crashed driver left it (hand-written: write_live records the
+    identity of the process it names)."""
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    record = {"address": "127.0.0.1:1", "namespace": "ns", "hostname": socket.gethostname(), **record}
+    (tmp_path / "live.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("case", ["pid 1 with another start time", "pid 1 without a start time",
+                                  "before a reboot"])
+def test_a_stale_live_record_naming_a_live_pid_is_not_a_live_driver(tmp_path, case):
+    from rayagg.rundir.directory import check_new_run_dir
+
+    record = {"pid 1 with another start time": {"pid": 1, "started": 123456789},  # not pid 1's
+              "pid 1 without a start time": {"pid": 1},  # an older record: pid 1 runs no Python, no rayagg
+              "before a reboot": {"pid": os.getpid(), "started": 1, "boot_id": "a-boot-before-this-one"}}[case]
+    stale_record(tmp_path, **record)
+    check_new_run_dir(tmp_path, overwrite=True)  # not blocked by a driver that is gone
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert result.exit_code == 0 and f"not live: its driver (pid {record['pid']}) is gone" in result.output
+
+
+def test_the_live_record_identifies_its_driver_by_start_time(tmp_path):
+    from rayagg.rundir.directory import DriverState, driver_state
+    from rayagg.rundir.live import read_live
+
+    write_live_run(tmp_path, os.getpid(), None)
+    record = read_live(tmp_path)
+    assert record["started"] == live.process_start(os.getpid()) and record["boot_id"] == live.boot_id()
+    assert driver_state(record)[0] == DriverState.LIVE
+    assert driver_state({**record, "started": record["started"] + 1})[0] == DriverState.GONE
+
+
+def test_a_live_record_from_another_machine_is_described_as_such(tmp_path):
+    from rayagg.errors import RunDirError
+    from rayagg.rundir.directory import check_new_run_dir
+
+    stale_record(tmp_path, pid=1, hostname="another-host.example")
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert ("maybe live: its driver, pid 1, is on another machine (another-host.example) and cannot be "
+            "checked from here") in result.output
+    with pytest.raises(RunDirError, match=r"may be training in .*another machine \(another-host.example\)"):
+        check_new_run_dir(tmp_path, overwrite=True)
+
+
 def test_status_names_a_corrupt_live_view(tmp_path):
     write_live_run(tmp_path, os.getpid(), {"nodes": [{"node": "x"}]})
     result = CliRunner().invoke(main, ["status", str(tmp_path)])

@@ -332,8 +332,29 @@ def test_scale_requests_are_checked_against_the_range_and_the_rounds_left():
                                                      "(changes wait for a round boundary)")
     assert ask(actor, add=1).message.startswith("4 devices active now; 7 from")  # on the pending 6
     refused = ask(actor, remove=6)
-    assert not refused.accepted and "1 devices is outside the range [2, 8]" in refused.message
+    assert refused == ScaleReply(False, "removing 6 devices from 7 would leave 1; the range is [2, 8]")
+    assert ask(actor, add=2).message == "adding 2 devices to 7 would make 9; the range is [2, 8]"
+    assert ask(actor, devices=9).message == "asked for 9 devices; the range is [2, 8]"
     taken = asyncio.run(actor.take_request(4, 5))
     assert taken.devices == 7 and asyncio.run(actor.take_request(5, 5)) is None
     assert "last round (5 of 5)" in ask(actor, devices=3).message
     assert "not elastic" in ask(supervisor(None), devices=3).message
+
+
+@pytest.mark.ray  # imports the actor's module and Ray; starts no Ray
+def test_scale_remove_too_many_names_the_devices_asked_and_the_count_left(tmp_path, monkeypatch):
+    """`rayagg scale RUN --remove 100` on a run with 9 devices (the supervisor's answer,
+    without Ray between): the error says what was asked, not only the count it makes."""
+    from rayagg.client import scale as client
+
+    actor = supervisor(Elastic(min_devices=2, max_devices=12), counts=(1, 3, 9), round_index=2)
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    write_live(tmp_path, "127.0.0.1:1", "ns", os.getpid(), socket.gethostname())
+    monkeypatch.setattr(client, "join_by_address", lambda: None)
+    monkeypatch.setattr(client, "_supervisor", lambda live, run_dir: actor)
+    monkeypatch.setattr(client, "_ask", lambda actor, devices, add, remove, live: ask(actor, devices=devices,
+                                                                                      add=add, remove=remove))
+    with pytest.raises(ScaleError) as refused:
+        membership_scale(tmp_path, remove=100)
+    assert str(refused.value) == (f"{tmp_path}: refused: removing 100 devices from 9 would leave -91; "
+                                  "the range is [2, 12]")

@@ -67,9 +67,10 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
         if resume_dir is None:
             check_new_run_dir(run_dir, overwrite)
         preflight.check_inputs(config)
-        runner = _make_runner(config, address, local, verbose)
-        # Everything a resume reads is verified before Ray starts or any file changes.
-        state = load_for_resume(run_dir, runner.plan) if resume_dir else None
+        plan, dataset = _make_plan(config)
+        # Everything a resume reads is verified before Ray is imported or any file changes.
+        state = load_for_resume(run_dir, plan) if resume_dir else None
+        runner = _make_runner(plan, dataset, address, local, verbose)
         if overwrite:
             clear_run_dir(run_dir)
         click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
@@ -152,11 +153,15 @@ def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
                f"{stopped.checkpoint_round}; resume with: rayagg run --resume {run_dir}", err=True)
 
 
-def _make_runner(config: RunConfig, address: Optional[str], local: bool, verbose: bool = False):
+def _make_plan(config: RunConfig):
+    """(the plan, the data set): the data loaded, split and encoded for the tree."""
     from rayagg.learning.plan import load_data, make_plan
 
     dataset = load_data(config)
-    plan = make_plan(config, dataset)
+    return make_plan(config, dataset), dataset
+
+
+def _make_runner(plan, dataset, address: Optional[str], local: bool, verbose: bool = False):
     if local:
         from rayagg.driver import LocalRunner
 

@@ -9,11 +9,17 @@ it is in and its last accuracy; dead, left, moved and joined nodes marked. ``ray
 RUN_DIR`` renders it (``--watch`` again and again). A file, not a call to the run: it reads
 the same on any machine that mounts RUN_DIR, needs no Ray, and a stale one shows its age.
 The driver removes the file when the run ends.
+
+The record names its driver by host name, pid and, where /proc tells them (Linux), the
+process's start time and the machine's boot id: a record left by a driver that crashed
+names a pid that may since belong to another process (pid 1, a recycled pid), which
+its start time tells apart (rayagg/rundir/directory.py judges a record).
 """
 from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -28,11 +34,47 @@ LIVE_FILE = "live.json"
 def write_live(run_dir: pathlib.Path, address: str, namespace: str, pid: int, hostname: str,
                view: Optional[dict] = None) -> None:
     """Records where the run training in ``run_dir`` can be reached: its Ray cluster's GCS
-    address and the run's namespace (its supervisor actor is ``supervisor`` there), and
-    the tree as it is now (``view``: :func:`to_record`) for ``rayagg status``."""
-    record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname,
+    address and the run's namespace (its supervisor actor is ``supervisor`` there), its
+    driver (``pid`` on ``hostname``, this machine: with the process's start time and the
+    boot id when /proc tells them) and the tree as it is now (``view``: :func:`to_record`)
+    for ``rayagg status``."""
+    identity = {}
+    if hostname == socket.gethostname():
+        identity = {key: value for key, value in (("started", process_start(pid)), ("boot_id", boot_id()))
+                    if value is not None}
+    record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname, **identity,
               **({"view": view} if view is not None else {})}
     write_atomic(pathlib.Path(run_dir) / LIVE_FILE, json.dumps(record, indent=1).encode())
+
+
+def process_start(pid) -> Optional[int]:
+    """When process ``pid`` of this machine started, in clock ticks since boot (field 22 of
+    /proc/PID/stat); None without such a process or without /proc. A pid reused by
+    another process has another start time."""
+    if type(pid) is not int or pid <= 0:
+        return None
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # after "pid (comm) ": field 3 on
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id() -> Optional[str]:
+    """This boot of this machine (Linux); None where it cannot be read."""
+    try:
+        return pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def process_command(pid) -> Optional[list[str]]:
+    """The command line of process ``pid`` of this machine; None where it cannot be read."""
+    try:
+        raw = pathlib.Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError, TypeError):
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def read_live(run_dir: pathlib.Path) -> Optional[dict]:

@@ -4,10 +4,11 @@ directories it names.
 A checkpoint is a consistent cut: every live node's state after one round, nothing
 later. The node files of round r go to ``checkpoints/round-<r>/``; the cut becomes
 visible only when ``state.json`` (the manifest) is replaced atomically to name them,
-with the SHA-256 of every file a resume reads. A crash or a second signal while a cut
-is written leaves the previous manifest, and so the previous cut, intact. The
-manifest carries its own checksum; a resume verifies it and every listed file before
-Ray starts or any file changes (rayagg/rundir/resume.py).
+with the SHA-256 and size of every file a resume reads, and how many events
+events.parquet held then. A crash or a second signal while a cut is written leaves the
+previous manifest, and so the previous cut, intact. The manifest carries its own
+checksum; a resume verifies it and every listed file before Ray starts or any file
+changes (rayagg/rundir/resume.py); ``rayagg status`` verifies the files too.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ from typing import Optional
 
 from rayagg.core.tree import Tree
 from rayagg.errors import CheckpointError
-from rayagg.rundir.events import EVENTS_FILE
+from rayagg.rundir.events import EVENTS_FILE, count_events
 from rayagg.files import sha256_bytes, write_atomic
 from rayagg.rundir.live import LIVE_FILE
 from rayagg.rundir.metrics import METRICS_FILE
 
-FORMAT = 3  # 3 added ``left``; a format-2 manifest reads as one where no device left
-_READABLE_FORMATS = (2, 3)
+# 3 added ``left``: a format-2 manifest reads as one where no device left. 4 added
+# ``events`` and ``sizes``: an older one reads as one that does not know them (None, {}).
+FORMAT = 4
+_READABLE_FORMATS = (2, 3, 4)
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"  # the resolved config a run was made with
 # What rayagg writes into a run directory: any of these marks the directory as a run.
@@ -46,7 +49,11 @@ class RunState:
     ``left`` the elastic devices that left (they are also in ``dead``: not running);
     ``checkpoints`` each node's checkpoint file, relative to the run directory (a dead or
     left node keeps its last one; a node without one starts from its seed); ``digests``
-    the SHA-256 of every file a resume reads, the bridge-sample stores among them.
+    the SHA-256 of every file a resume reads, the bridge-sample stores among them;
+    ``sizes`` their sizes in bytes and ``events`` the events events.parquet held when the
+    cut was committed (a resume and ``rayagg status`` need at least those). :meth:`save`
+    fills both in from the run directory when they are not given; a manifest written
+    before they were recorded reads with ``events`` None and ``sizes`` empty.
     """
 
     round: int
@@ -55,10 +62,22 @@ class RunState:
     checkpoints: dict = field(default_factory=dict)
     digests: dict = field(default_factory=dict)
     left: list = field(default_factory=list)
+    events: Optional[int] = None
+    sizes: dict = field(default_factory=dict)
 
     def save(self, run_dir: pathlib.Path) -> None:
-        """Replaces RUN_DIR/state.json atomically and durably: this is the commit of a cut."""
+        """Replaces RUN_DIR/state.json atomically and durably: this is the commit of a cut.
+        The events file and the listed files are on disk by then (metrics and events are
+        written before a cut, the nodes' files before it names them): unless given, the
+        manifest records how many events the one holds and the others' sizes."""
+        run_dir = pathlib.Path(run_dir)
         body = asdict(self)
+        if body["events"] is None:
+            events = run_dir / EVENTS_FILE
+            body["events"] = count_events(events) if events.is_file() else 0
+        if not body["sizes"]:
+            body["sizes"] = {relative: (run_dir / relative).stat().st_size for relative in self.digests
+                             if (run_dir / relative).is_file()}
         record = {"format": FORMAT, **body, "sha256": sha256_bytes(_canonical(body))}
         write_atomic(pathlib.Path(run_dir) / STATE_FILE, json.dumps(record, indent=1).encode())
 
@@ -116,7 +135,10 @@ class RunState:
               and isinstance(self.digests, dict) and isinstance(self.left, list)
               and set(self.left) <= set(self.dead)
               and all(isinstance(d, str) and _SHA256.match(d) for d in self.digests.values())
-              and all(p in self.digests for p in self.checkpoints.values()))
+              and all(p in self.digests for p in self.checkpoints.values())
+              and (self.events is None or (type(self.events) is int and self.events >= 0))
+              and isinstance(self.sizes, dict) and set(self.sizes) <= set(self.digests)
+              and all(type(n) is int and n >= 0 for n in self.sizes.values()))
         if not ok:
             raise CheckpointError(f"{path} is corrupt: fields have unexpected types or values")
 

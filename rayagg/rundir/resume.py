@@ -2,8 +2,10 @@
 a resume reads before anything starts or changes."""
 from __future__ import annotations
 
+import math
 import pathlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 from rayagg.core.events import Event
 from rayagg.errors import CheckpointError, ConfigError
@@ -58,16 +60,55 @@ def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:
         raise ConfigError(f"{run_dir} already finished round {state.round} of {rounds}: "
                           "nothing to resume (give --rounds N with N > "
                           f"{state.round} to train further)")
-    for relative, digest in state.digests.items():
-        if file_sha256(run_dir / relative) != digest:
-            raise CheckpointError(f"{run_dir / relative} is corrupt: its SHA-256 differs from the "
-                                  f"one recorded in {STATE_FILE} (truncated, altered or replaced)")
+    verify_cut(state, run_dir)
     stores = state.bridge_stores(run_dir)
     if stores:  # their digests were verified just above
         store.read_bridge_stores(list(stores), expected_counts=expected_bridge_counts(state, plan))
     earlier_records(run_dir, state.round)
-    earlier_events(run_dir)
+    earlier_events(run_dir, state)
     return state
+
+
+@dataclass(frozen=True)
+class CutCheck:
+    """What :func:`verify_cut` checked: ``files`` listed, ``size`` their bytes, whether the
+    manifest records every size (``sized``) and whether their SHA-256 was checked
+    (``hashed``) or only their presence and recorded sizes."""
+
+    files: int
+    size: int
+    sized: bool
+    hashed: bool
+
+
+def verify_cut(state: RunState, run_dir: pathlib.Path, hash_up_to: float = math.inf) -> CutCheck:
+    """Checks every file ``state`` lists: that it exists, has the size the manifest records
+    (a manifest written before sizes were recorded has none) and, when the files together
+    are at most ``hash_up_to`` bytes, its SHA-256. CheckpointError naming the first file
+    that is missing, of another size or of another digest."""
+    run_dir = pathlib.Path(run_dir)
+    total = 0
+    for relative in state.digests:
+        path = run_dir / relative
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing: {STATE_FILE} lists it in the checkpoint of "
+                                  f"round {state.round}") from None
+        except OSError as exc:
+            raise CheckpointError(f"{path} cannot be read: {exc}") from exc
+        recorded = state.sizes.get(relative)
+        if recorded is not None and size != recorded:
+            raise CheckpointError(f"{path} is corrupt: it has {size} bytes where {STATE_FILE} records "
+                                  f"{recorded} (truncated, altered or replaced)")
+        total += size
+    hashed = total <= hash_up_to
+    if hashed:
+        for relative, digest in state.digests.items():
+            if file_sha256(run_dir / relative) != digest:
+                raise CheckpointError(f"{run_dir / relative} is corrupt: its SHA-256 differs from the "
+                                      f"one recorded in {STATE_FILE} (truncated, altered or replaced)")
+    return CutCheck(len(state.digests), total, set(state.digests) <= set(state.sizes), hashed)
 
 
 def _check_tree_fits(state: RunState, plan: "Plan", path: pathlib.Path) -> None:
@@ -103,6 +144,24 @@ def earlier_records(run_dir: pathlib.Path, last_round: int) -> list[NodeMetrics]
     return records
 
 
-def earlier_events(run_dir: pathlib.Path) -> list[Event]:
-    path = pathlib.Path(run_dir) / "events.parquet"
-    return read_events(path) if path.is_file() else []
+def earlier_events(run_dir: pathlib.Path, state: Optional[RunState] = None) -> list[Event]:
+    """The run's events (those a resume keeps); CheckpointError if events.parquet is corrupt,
+    or missing or shorter while the manifest (``state``, else RUN_DIR/state.json if any)
+    records events in it. A run in which nothing happened has no events file; a manifest
+    written before the count was recorded (``events`` None) cannot tell, and a missing
+    file then reads as no events."""
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / EVENTS_FILE
+    if state is None and (run_dir / STATE_FILE).is_file():
+        state = RunState.load(run_dir)
+    recorded = state.events if state is not None else None
+    if not path.exists():
+        if recorded:
+            raise CheckpointError(f"events file {path} is missing: {STATE_FILE} records {recorded} "
+                                  f"event(s) in it up to the checkpoint of round {state.round}")
+        return []
+    events = read_events(path)
+    if recorded is not None and len(events) < recorded:
+        raise CheckpointError(f"events file {path} holds {len(events)} event(s), fewer than the {recorded} "
+                              f"{STATE_FILE} records: it was truncated or replaced by an older copy")
+    return events

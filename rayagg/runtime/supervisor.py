@@ -110,10 +110,12 @@ class SupervisorActor:
         active = self._active()
         base = self._request.devices if self._request else active
         target = devices if devices is not None else base + (add or 0) - (remove or 0)
-        try:
-            self._elastic.check_count(target, "the request")
-        except ValueError as exc:
-            return _refused(str(exc))
+        low, high = self._elastic.min_devices, self._elastic.max_devices
+        if not low <= target <= high:
+            asked = (f"asked for {target} devices" if devices is not None else
+                     f"adding {add} devices to {base} would make {target}" if add is not None else
+                     f"removing {remove} devices from {base} would leave {target}")
+            return _refused(f"{asked}; the range is [{low}, {high}]")
         self._request = Request(target, time.time())
         return ScaleReply(True, f"{active} devices active now; {target} from the start of round "
                                 f"{self._round + 1} (changes wait for a round boundary)")

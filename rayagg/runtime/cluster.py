@@ -60,16 +60,12 @@ def _probe(address: str) -> None:
         raise ClusterError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as connection:
-            reply = b"" if os.environ.get("RAY_USE_TLS", "0") not in ("", "0") else _hello(connection)
+            if os.environ.get("RAY_USE_TLS", "0") in ("", "0"):
+                _expect_grpc(connection, address)
     except OSError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r} within "
                            f"{CONNECT_TIMEOUT_S:g} s: {exc} (is `ray start --head` running there, "
                            "and is the port open to this machine?)") from exc
-    if reply is not None:
-        return
-    raise ClusterError(f"something listens at {address!r} but it is not a Ray cluster: it does not "
-                       f"answer Ray's protocol (gRPC over HTTP/2) within {CONNECT_TIMEOUT_S:g} s; check "
-                       "the port (the head's GCS port, 6379 by default, or ray://HOST:10001)")
 
 
 # An HTTP/2 client's first bytes: the connection preface and an empty SETTINGS frame.
@@ -77,17 +73,25 @@ _HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\
 _SETTINGS_FRAME = 4
 
 
-def _hello(connection: socket.socket) -> bytes | None:
+def _expect_grpc(connection: socket.socket, address: str) -> None:
     """Ray's GCS and client server are gRPC servers: greeted as an HTTP/2 client, they
     answer with a SETTINGS frame (frame type at byte 3). Anything else (a web server's
-    page, silence) is not Ray; ray.init would retry it for many minutes. Returns the
-    reply, or None when it is not Ray's. (With RAY_USE_TLS the greeting is not tried.)"""
+    page, silence) is not Ray, and ray.init would retry it for many minutes: ClusterError
+    naming what answered. (Not tried with RAY_USE_TLS: the greeting would need TLS.)"""
     try:
         connection.sendall(_HTTP2_HELLO)
         reply = connection.recv(9)
-    except (socket.timeout, ConnectionError):
-        return None
-    return reply if len(reply) >= 4 and reply[3] == _SETTINGS_FRAME else None
+    except socket.timeout:
+        reply = None
+    except ConnectionError:
+        reply = b""
+    if reply and len(reply) >= 4 and reply[3] == _SETTINGS_FRAME:
+        return
+    answered = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if reply is None else
+                "it closed the connection" if not reply else f"it answered {reply!r}")
+    raise ClusterError(f"something listens at {address!r} but it is not a Ray cluster: greeted as "
+                       f"gRPC over HTTP/2, as Ray's head is, {answered}; check the port (the head's "
+                       "GCS port, 6379 by default, or ray://HOST:10001)")
 
 
 def cluster_nodes() -> list[ClusterNode]:

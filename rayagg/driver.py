@@ -1,25 +1,29 @@
 """The sequential in-process driver: the whole tree in one process, no Ray.
 
-It runs exactly the steps the Ray runtime submits (``schedule.round_steps``: the pairs
-in post-order, child first within a pair, then every node's evaluation and, when due,
-its checkpoint), one at a time, so it is the reference the runtime is tested and
-benchmarked against. It is also the quickest way to try a config on a laptop.
+It runs exactly the steps the Ray runtime submits (the run's method lists them,
+rayagg/methods/; FedAgg's are the pairs in post-order, child first within a pair, then
+every node's evaluation and, when due, its checkpoint), one at a time, so it is the
+reference the runtime is tested and benchmarked against. It is also the quickest way
+to try a config on a laptop.
 """
 from __future__ import annotations
 
 import pathlib
 import time
+from collections import Counter
 from typing import Any, Optional
 
 import torch
 
 from rayagg.core.membership import Change
-from rayagg.core.schedule import EVALUATE, LOGITS, SAVE, RoundResult, Scores, Step, round_steps
+from rayagg.core import wire
+from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Scores, Step
 from rayagg.core.tree import Tree
 from rayagg.errors import ConfigError, TrainingError
 from rayagg.learning.data import Dataset
 from rayagg.learning.node import NodeState
-from rayagg.learning.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data
+from rayagg.learning.plan import Plan, build_node, evaluation_split, frozen_autoencoder, local_data, payloads
+from rayagg.methods import method_for
 from rayagg.observe import Observers
 from rayagg.rundir import checkpoint
 from rayagg.rundir.manifest import RunState, checkpoint_file
@@ -39,6 +43,9 @@ class LocalRunner:
                               f"{balance.policy}, every {balance.every}) needs the Ray runtime (drop --local, "
                               "or set balance.every: 0 to keep only the policy's initial placement)")
         self.plan = plan
+        self.method = method_for(plan.config.method)
+        self._payloads = payloads(plan)
+        self._received: dict[str, list[str]] = {}  # node -> leaves whose bridge samples reached it
         self.tree: Tree = plan.tree
         self._dataset = dataset
         self._test = evaluation_split(plan, dataset)
@@ -59,8 +66,9 @@ class LocalRunner:
 
     def start(self, run_dir: Optional[pathlib.Path] = None, resume: Optional[RunState] = None,
               observers: Optional[Observers] = None) -> None:
-        """Builds every node (restored from the resumed checkpoint, where it has one); each
-        leaf encodes once and its bridge samples go to every ancestor."""
+        """Builds every node (restored from the resumed checkpoint, where it has one); under
+        a method that carries bridge samples each leaf encodes once and its samples go to
+        every ancestor (counted on the wire of the first round, not of a resume's)."""
         self.observers = observers if observers is not None else Observers()
         frozen = frozen_autoencoder(self.plan)
         self.nodes = {node: build_node(self.plan, node, self._local(node), frozen=frozen)
@@ -71,10 +79,15 @@ class LocalRunner:
                 located = resume.located(node, run_dir)
                 if located is not None:
                     state.load_state_dict(checkpoint.load(*located))
+        if not self.method.carries_bridge_samples:
+            return
         for leaf in self.tree.nodes_of_tier(len(self.tree.tier_names) - 1):
             samples = self.nodes[leaf].encode()
-            for holder in [leaf, *self.tree.ancestors(leaf)]:
+            self.nodes[leaf].add_bridge_samples(samples)
+            for holder in self.tree.ancestors(leaf):
                 self.nodes[holder].add_bridge_samples(samples)
+                if resume is None:
+                    self._received.setdefault(holder, []).append(leaf)
 
     def _local(self, node: str):
         return local_data(self.plan, node, self._dataset) if self.tree.is_leaf(node) else None
@@ -94,39 +107,56 @@ class LocalRunner:
         return [result.round for result in self._done]
 
     def submit_round(self, round_index: int, checkpoint_dir: Optional[pathlib.Path] = None) -> None:
-        """Runs the round's steps (rayagg/core/schedule.py) one after another; with
+        """Runs the round's steps (rayagg/methods/) one after another; with
         ``checkpoint_dir`` each node checkpoints right after its evaluation.
         :meth:`collect_round` returns the result. TrainingError (a diverged node) names
         the round too."""
         started = time.perf_counter()
         self.round_index = round_index
-        steps = round_steps(self.tree, self.tree.leaves, scored=self.tree.nodes, save=checkpoint_dir is not None)
+        steps = self.method.round_steps(self.tree, self.tree.leaves, (), self.tree.nodes,
+                                        save=checkpoint_dir is not None)
         self.observers.round_submitted(round_index, steps, 1)
-        logits: dict[int, torch.Tensor] = {}
+        moved = wire.merge(wire.step_bytes(steps, self.tree.parent_of, self._payloads.answer_bytes),
+                           self._bridge_sent())
+        answers: dict[int, Any] = {}
+        takers = Counter(index for step in steps for index in step.inputs)  # frees each answer after its last use
         values: dict[tuple[str, str], Any] = {}
         try:
             for index, step in enumerate(steps):
-                value = self._run(step, logits.pop(step.teacher) if step.teacher is not None else None,
-                                  checkpoint_dir)
-                if step.call == LOGITS:
-                    logits[index] = value
-                values[step.node, step.call] = value
+                value = self._run(step, [answers[i] for i in step.inputs], checkpoint_dir)
+                for i in step.inputs:
+                    takers[i] -= 1
+                    if not takers[i]:
+                        del answers[i]
+                if takers[index]:
+                    answers[index] = value
+                if step.call in (EVALUATE, SAVE):
+                    values[step.node, step.call] = value
                 self.observers.step_finished(round_index, step.node, step.call, value)
         except TrainingError as exc:
             raise TrainingError(f"round {round_index}: {exc}") from exc
         by_call = lambda call: {node: v for (node, name), v in values.items() if name == call}
         saved = by_call(SAVE) if checkpoint_dir is not None else None
-        self._done.append(RoundResult(round_index, by_call(EVALUATE), saved, time.perf_counter() - started))
+        self._done.append(RoundResult(round_index, by_call(EVALUATE), saved, time.perf_counter() - started, moved))
 
-    def _run(self, step: Step, teacher: Optional[torch.Tensor], checkpoint_dir: Optional[pathlib.Path]) -> Any:
+    def _bridge_sent(self) -> dict[str, wire.Link]:
+        """The bridge samples that went up the tree since the last round, link by link."""
+        per_sample = wire.bridge_sample_bytes(self.plan.image_shape)
+        sent = wire.bridge_bytes(self._received, self.tree.parent_of,
+                                 lambda leaf: per_sample * self.plan.shard_sizes[leaf])
+        self._received = {}
+        return sent
+
+    def _run(self, step: Step, inputs: list, checkpoint_dir: Optional[pathlib.Path]) -> Any:
+        """What ``step``'s node answers: its method of the step's name, given the step's
+        leaves (if any) and the answers it takes."""
         node = self.nodes[step.node]
-        if step.call == LOGITS:
-            return node.logits(list(step.leaves))
         if step.call == EVALUATE:
             return Scores(*node.evaluate(*self._test), node.take_work_s())
         if step.call == SAVE:
             return checkpoint.save(node.state_dict(), checkpoint_file(checkpoint_dir, step.node))
-        return node.learn(list(step.leaves), teacher)
+        leaves = [list(step.leaves)] if step.leaves else []
+        return getattr(node, step.call)(*leaves, *inputs)
 
     def collect_round(self) -> RoundResult:
         return self._done.pop(0)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 from rayagg.core.events import Event, EventKind
 from rayagg.core.schedule import RoundResult
 from rayagg.core.tree import Tree, training_leaves
+from rayagg.core.wire import Link
 from rayagg.observe import Observers, RunFiles, RunObserver, RunOutcome, RunStart
 from rayagg.rundir.directory import check_new_run_dir
 from rayagg.files import file_sha256, write_atomic
@@ -194,9 +195,10 @@ def _round_metrics(runner: Runner, result: RoundResult) -> list[NodeMetrics]:
     for node, scores in result.scores.items():
         samples = sum(shard_size[leaf] for leaf in training_leaves(tree, dead, node, keep, left))
         children = sum(1 for child in tree.children(node) if child not in dead)
+        link = result.wire.get(node, Link())
         rows.append(NodeMetrics(result.round, node, tree.tier_name(node), scores.accuracy, scores.loss,
                                 scores.busy_s, result.seconds, tree.parent_of[node] or "", children, samples,
-                                max(0.0, result.seconds - scores.busy_s)))
+                                max(0.0, result.seconds - scores.busy_s), link.up, link.down))
     return rows
 
 

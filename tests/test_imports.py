@@ -27,6 +27,7 @@ LAYERS = [
     {"errors", "nodes", "files"},  # words and durable bytes, used everywhere
     {"config"},
     {"core"},  # pure decisions over the tree
+    {"methods"},  # pure: a training method's round steps
     {"learning"},  # torch
     {"rundir"},  # the run directory's formats
     {"stopping", "observe", "loop", "driver"},  # the round loop and the in-process runtime
@@ -35,7 +36,8 @@ LAYERS = [
     {"cli"},
     {"__init__", "__main__"},
 ]
-PURE = ["rayagg.errors", "rayagg.nodes", "rayagg.files", "rayagg.config", "rayagg.core", "rayagg.stopping",
+PURE = ["rayagg.errors", "rayagg.nodes", "rayagg.files", "rayagg.config", "rayagg.core", "rayagg.methods",
+        "rayagg.stopping",
         "rayagg.observe", "rayagg.loop", "rayagg.learning.partition", "rayagg.rundir.directory",
         "rayagg.rundir.events", "rayagg.rundir.live", "rayagg.rundir.manifest", "rayagg.rundir.metrics",
         "rayagg.rundir.plot", "rayagg.rundir.resume"]

@@ -228,7 +228,8 @@ def test_a_joined_device_s_samples_travel_to_its_ancestors():
     routes.moves(tree, frozenset())
     routes.joined({"device-5": "r5"})
     grown = tree.with_leaf("device-5", "edge-1")
-    assert routes.moves(grown, frozenset()) == [("cloud-0", ["r5"], []), ("edge-1", ["r5"], [])]
+    assert routes.moves(grown, frozenset()) == [("cloud-0", ["device-5"], []), ("edge-1", ["device-5"], [])]
+    assert routes.refs["device-5"] == "r5"
 
 
 def test_tree_with_leaf_and_from_parents():

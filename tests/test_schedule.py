@@ -1,7 +1,7 @@
 """The round's steps and the critical path through measured steps (pure, no Ray)."""
 import pytest
 
-from rayagg.core.schedule import (EVALUATE, LEARN, LOGITS, SAVE, CallTrace, Step, Timing, critical_path, logit_bytes, match_timings, round_steps)
+from rayagg.core.schedule import (EVALUATE, LEARN, LOGITS, SAVE, CallTrace, Step, Timing, critical_path, match_timings, round_steps)
 from rayagg.core.tree import Tree
 
 TREE = Tree.balanced(["cloud", "edge", "device"], [1, 2, 4])  # edge-0: device-0, 1; edge-1: 2, 3
@@ -12,8 +12,8 @@ def test_a_pair_is_parent_logits_child_learns_child_logits_parent_learns():
     first = TREE.pairs()[0]
     child, parent = first
     leaves = tuple(TREE.leaves(child))
-    assert steps[:4] == [Step(parent, LOGITS, leaves), Step(child, LEARN, leaves, teacher=0),
-                         Step(child, LOGITS, leaves), Step(parent, LEARN, leaves, teacher=2)]
+    assert steps[:4] == [Step(parent, LOGITS, leaves), Step(child, LEARN, leaves, inputs=(0,)),
+                         Step(child, LOGITS, leaves), Step(parent, LEARN, leaves, inputs=(2,))]
     assert len(steps) == 4 * len(TREE.pairs())
 
 
@@ -27,9 +27,10 @@ def test_dead_nodes_and_empty_subtrees_skip_their_pairs_and_scores_follow_the_pa
     assert [s.node for s in steps[-4:]] == ["cloud-0", "cloud-0", "edge-0", "edge-0"]
     for index, step in enumerate(steps):
         if step.call == LEARN:
-            teacher = steps[step.teacher]
+            (source,) = step.inputs
+            teacher = steps[source]
             assert teacher.call == LOGITS and teacher.leaves == step.leaves and teacher.node != step.node
-            assert step.teacher < index
+            assert source < index
 
 
 def _timings(steps, seconds):
@@ -104,11 +105,3 @@ def test_a_trace_that_does_not_fit_is_an_error_naming_the_node():
     swapped = {**traces, "device-0": list(reversed(traces["device-0"]))}
     with pytest.raises(ValueError, match="device-0"):
         match_timings([steps], swapped)
-
-
-def test_logit_bytes_count_float32_logits_of_each_logits_step():
-    tree = Tree.balanced(["cloud", "edge", "device"], [1, 1, 2])
-    steps = round_steps(tree, lambda node: tree.leaves(node), scored=tree.nodes)
-    samples = {"device-0": 10, "device-1": 30}
-    # edge-0 <- cloud-0 on 40 samples, and back; device-i <- edge-0 on its own, and back
-    assert logit_bytes(steps, samples, num_classes=10) == 4 * 10 * (2 * 40 + 2 * 10 + 2 * 30)

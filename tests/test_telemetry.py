@@ -9,7 +9,8 @@ import types
 import pytest
 
 from rayagg.core.events import Event, EventKind
-from rayagg.core.schedule import RoundResult, round_steps
+from rayagg.core.schedule import RoundResult
+from rayagg.core.wire import Link
 from rayagg.core.supervision import SupervisorState, heartbeats
 from rayagg.core.tree import Tree
 from rayagg.nodes import tier_of
@@ -115,20 +116,13 @@ def test_events_count_per_kind_and_tier():
     assert event_rows("r", []) == []
 
 
-def test_the_observer_sends_each_round_with_the_bytes_its_last_submitted_steps_sent(tiny_config):
-    tree = Tree.balanced(TIERS, [1, 2, 4])
-    plan = types.SimpleNamespace(config=tiny_config, shard_sizes={leaf: 8 for leaf in tree.nodes_of_tier(2)},
-                                 num_classes=10)
+def test_the_observer_sends_each_round_with_the_bytes_it_moved(tiny_config):
+    plan = types.SimpleNamespace(config=tiny_config)
     sink = Recorder()
     observer = TelemetryObserver("r", plan, RunTelemetry("r", sink, period_s=None))
-    observer.round_submitted(3, round_steps(tree, tree.leaves), attempt=1)
-    retried = round_steps(tree, tree.leaves, dead=["edge-1"])  # the retry after edge-1 died
-    observer.round_submitted(3, retried, attempt=2)
-    observer.round_collected(RoundResult(3, {}, None, 10.0), a_round())
-    # With edge-1 dead, three pairs run: edge-0/cloud-0 over 16 bridge samples, device-0
-    # and device-1 with edge-0 over 8 each; each pair sends 4-byte x 10-class logits both ways.
-    sent = 2 * 4 * 10 * (16 + 8 + 8)
-    assert values(sink.batches[-1], "rayagg_last_round_moved_bytes") == {"": sent}
+    moved = {"edge-0": Link(up=640, down=640), "device-0": Link(up=320, down=100)}
+    observer.round_collected(RoundResult(3, {}, None, 10.0, moved), a_round())
+    assert values(sink.batches[-1], "rayagg_last_round_moved_bytes") == {"": 640 + 640 + 320 + 100}
     observer.event(Event.now(3, EventKind.DECLARE_DEAD, "edge-1", ""))
     assert values(sink.batches[-1], "rayagg_events_total", "kind") == {"declare_dead": 1}
 

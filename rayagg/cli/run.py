@@ -217,4 +217,15 @@ def check(config_path: str) -> None:
         moves = (f"rebalanced every {balance.every} round(s), up to {balance.max_moves} moves"
                  if balance.rebalances else "no moves between rounds")
         click.echo(f"balance: {balance.policy} ({moves})")
+        click.echo(f"method: {describe_method(config.method)}")
         echo_emulation(config)
+
+
+def describe_method(method) -> str:
+    """E.g. ``hierfavg (kappa1 1 local epoch(s), kappa2 2 edge aggregations per round)``."""
+    if method.name == "hierfavg":
+        return (f"hierfavg ({method.kappa1} local epoch(s) per edge aggregation, {method.kappa2} edge "
+                f"aggregation(s) per round)")
+    if method.name == "local":
+        return f"local ({method.kappa1} local epoch(s) per round, no exchange)"
+    return "fedagg (bridge samples and logits)"

@@ -4,13 +4,13 @@
 the whole file and how it is read; everything is importable from here.
 """
 from rayagg.config.run_config import RunConfig, load_config, parse_config, parse_config_text
-from rayagg.config.sections import (BALANCE_POLICIES, AutoencoderConfig, BalanceConfig, DataConfig,
-                                    EmulationConfig, OutputConfig, RuntimeConfig, SupervisionConfig,
-                                    TrainingConfig, absolute_path)
+from rayagg.config.sections import (BALANCE_POLICIES, METHODS, AutoencoderConfig, BalanceConfig, DataConfig,
+                                    EmulationConfig, MethodConfig, OutputConfig, RuntimeConfig,
+                                    SupervisionConfig, TrainingConfig, absolute_path)
 from rayagg.config.tree import (BUILTIN_MODELS, Churn, Elastic, Resources, ScheduleStep, Tier, TreeConfig,
                                 check_model_name, resolve_factory)
 
-__all__ = ["BALANCE_POLICIES", "BUILTIN_MODELS", "AutoencoderConfig", "BalanceConfig", "Churn", "DataConfig",
+__all__ = ["BALANCE_POLICIES", "BUILTIN_MODELS", "METHODS", "MethodConfig", "AutoencoderConfig", "BalanceConfig", "Churn", "DataConfig",
            "Elastic", "EmulationConfig", "OutputConfig", "Resources", "RunConfig", "RuntimeConfig",
            "ScheduleStep", "SupervisionConfig", "Tier", "TrainingConfig", "TreeConfig", "absolute_path",
            "check_model_name", "load_config", "parse_config", "parse_config_text", "resolve_factory"]

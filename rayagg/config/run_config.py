@@ -6,14 +6,15 @@ Nothing below the CLI sees click objects; everything below this module sees a
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from rayagg.config.sections import (AutoencoderConfig, BalanceConfig, DataConfig, EmulationConfig, OutputConfig,
-                                    RuntimeConfig, SupervisionConfig, TrainingConfig, _Section)
+from rayagg.config.sections import (AutoencoderConfig, BalanceConfig, DataConfig, EmulationConfig, MethodConfig,
+                                    OutputConfig, RuntimeConfig, SupervisionConfig, TrainingConfig, _name_alone,
+                                    _Section)
 from rayagg.config.tree import TreeConfig
 from rayagg.errors import ConfigError
 from rayagg.nodes import index_of, is_node_of
@@ -23,6 +24,7 @@ class RunConfig(_Section):
     """A whole run: the root of the YAML file."""
 
     name: str = "run"
+    method: Annotated[MethodConfig, BeforeValidator(_name_alone)] = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     tree: TreeConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -52,6 +54,16 @@ class RunConfig(_Section):
                 continue
             raise ValueError(f"emulation.slowdown: {key!r} is neither a tier ({', '.join(capacity)}) "
                              "nor a node of the tree")
+        return self
+
+    @model_validator(mode="after")
+    def _averaged_tiers_share_a_model(self) -> "RunConfig":
+        # Averaging weights needs one architecture everywhere (docs/methods.md).
+        models = {tier.name: tier.model for tier in self.tree.tiers}
+        if self.method.name == "hierfavg" and len(set(models.values())) > 1:
+            listed = ", ".join(f"{tier} {model}" for tier, model in models.items())
+            raise ValueError(f"method hierfavg averages weights across tiers, so every tier needs the same "
+                             f"model; the tiers have {listed} (set one model for all, e.g. cnn)")
         return self
 
     @model_validator(mode="after")

@@ -77,6 +77,33 @@ class TrainingConfig(_Section):
     seed: Int = Field(0, **SEED_RANGE)
 
 
+# The training methods a run may use (rayagg/methods/ implements one module per name).
+METHODS = ("fedagg", "hierfavg", "local")
+
+
+def _name_alone(value: object) -> object:
+    """``method: hierfavg`` is short for ``method: {name: hierfavg}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class MethodConfig(_Section):
+    """Which training method runs on the tree (rayagg/methods/; docs/methods.md).
+
+    ``fedagg`` (the default) is FedAgg's bidirectional distillation on bridge samples.
+    ``hierfavg`` is hierarchical weight averaging (Liu et al., 2020): each device trains
+    on its own data for ``kappa1`` epochs, each edge averages its devices' weights
+    (weighted by samples), and after ``kappa2`` such edge aggregations the cloud averages
+    the edges' weights and the result goes back down; a round is one cloud aggregation.
+    ``local`` has each device train ``kappa1`` epochs a round on its own data alone, with
+    no exchange: the floor every method should beat. ``kappa1`` and ``kappa2`` are read
+    by the methods that name them and ignored by ``fedagg``.
+    """
+
+    name: Literal[METHODS] = "fedagg"
+    kappa1: Int = Field(1, ge=1)
+    kappa2: Int = Field(2, ge=1)
+
+
 class AutoencoderConfig(_Section):
     """The frozen bridge autoencoder, pretrained once on the public slice and cached."""
 

@@ -1,37 +1,46 @@
 """A round as a graph of calls, and the critical path through it. Pure: no Ray, no torch.
 
-Both runtimes run a round as :func:`round_steps` lists it: for every (child, parent)
-pair in post-order, the parent's logits teach the child, then the child's logits teach
-the parent; then every scored node evaluates (and, when a checkpoint is due, saves).
-A node's steps always come in this order. The Ray runtime submits the list as it is
-and lets Ray run independent hosts at once (and, with ``runtime.rounds_in_flight`` > 1,
-the next round's steps too), so every node does the same work in the same order as
-the in-process driver.
+A training method (rayagg/methods/) lists a round's steps; FedAgg's are
+:func:`round_steps`: for every (child, parent) pair in post-order, the parent's logits
+teach the child, then the child's logits teach the parent; then every scored node
+evaluates (and, when a checkpoint is due, saves). A step that needs other steps'
+answers (logits to learn from, weights to average) names them by index in ``inputs``.
+Both runtimes run the list as it is: the in-process driver one step after another, the
+Ray runtime all at once, letting Ray run independent hosts together (and, with
+``runtime.rounds_in_flight`` > 1, the next round's steps too). A node's steps run in
+list order either way, so every node does the same work in the same order.
 
 :func:`critical_path` takes the steps of several rounds with their measured times and
-returns the longest chain of steps that must run one after the other: a ``learn``
-waits for the logits it trains on, and a host runs its calls in submission order.
-No schedule on any number of cores can finish those rounds faster than that chain.
+returns the longest chain of steps that must run one after the other: a step waits for
+the answers it takes, and a host runs its calls in submission order. No schedule on
+any number of cores can finish those rounds faster than that chain.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from rayagg.core.tree import Tree
+from rayagg.core.wire import Link
 
+# FedAgg's calls (bridge samples and logits), every method's evaluation and checkpoint,
+# and the weight-averaging methods' calls (rayagg/methods/hierfavg.py, local.py). Each is
+# a method of the node (rayagg/learning/node.py) and of its host actor, of the same name.
 LOGITS, LEARN, EVALUATE, SAVE = "logits", "learn", "evaluate", "save_checkpoint"
+TRAIN, SHARE, AVERAGE, ADOPT = "train_local", "share_weights", "average_weights", "adopt_weights"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One call of a round: ``node`` runs ``call`` on the bridge samples of ``leaves``;
-    a ``learn`` trains on the logits of the step at index ``teacher`` of the same round."""
+    """One call of a round: ``node`` runs ``call`` (on the bridge samples of ``leaves``,
+    for FedAgg's calls), given the answers of the steps at indices ``inputs`` of the same
+    round: a ``learn`` the logits it trains on, an ``average_weights`` the weights of
+    the children it averages, an ``adopt_weights`` its parent's weights."""
 
     node: str
     call: str
     leaves: tuple[str, ...] = ()
-    teacher: Optional[int] = None
+    inputs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,19 +56,14 @@ class Scores:
 @dataclass(frozen=True)
 class RoundResult:
     """What one round came to: each evaluated node's scores, node -> checkpoint SHA-256
-    when the round saved one (else None), and the round's wall-clock seconds."""
+    when the round saved one (else None), the round's wall-clock seconds, and node -> the
+    bytes that crossed its link to its parent (rayagg/core/wire.py)."""
 
     round: int
     scores: dict[str, Scores]
     checkpoints: Optional[dict[str, str]]
     seconds: float
-
-
-def logit_bytes(steps: Iterable[Step], samples_of_leaf: Mapping[str, int], num_classes: int) -> int:
-    """The bytes of logits ``steps`` send from one node to another: each ``logits`` step
-    sends float32 logits (4 bytes x ``num_classes``) for every bridge sample of its leaves."""
-    return sum(4 * num_classes * sum(samples_of_leaf[leaf] for leaf in step.leaves)
-               for step in steps if step.call == LOGITS)
+    wire: Mapping[str, Link] = field(default_factory=dict)
 
 
 def round_steps(tree: Tree, leaves_of: Callable[[str], Sequence[str]], dead: Iterable[str] = (),
@@ -74,9 +78,9 @@ def round_steps(tree: Tree, leaves_of: Callable[[str], Sequence[str]], dead: Ite
         if child in dead or parent in dead or not leaves:
             continue
         steps.append(Step(parent, LOGITS, leaves))
-        steps.append(Step(child, LEARN, leaves, teacher=len(steps) - 1))
+        steps.append(Step(child, LEARN, leaves, inputs=(len(steps) - 1,)))
         steps.append(Step(child, LOGITS, leaves))
-        steps.append(Step(parent, LEARN, leaves, teacher=len(steps) - 1))
+        steps.append(Step(parent, LEARN, leaves, inputs=(len(steps) - 1,)))
     for node in scored:
         steps.append(Step(node, EVALUATE))
         if save:
@@ -119,7 +123,7 @@ class CriticalPath:
 def critical_path(rounds: Sequence[Sequence[Step]], timings: Sequence[Sequence[Timing]],
                   host_of: Callable[[str], str]) -> CriticalPath:
     """The longest chain through ``rounds`` (each a list of steps, submitted in this order)
-    given each step's measured ``timings`` (same shape). A step starts after its teacher
+    given each step's measured ``timings`` (same shape). A step starts after its inputs
     and after the step submitted before it to the same host. Empty rounds: a zero path."""
     finish: dict[tuple[int, int], float] = {}
     before: dict[tuple[int, int], Optional[tuple[int, int]]] = {}
@@ -128,9 +132,7 @@ def critical_path(rounds: Sequence[Sequence[Step]], timings: Sequence[Sequence[T
         if len(steps) != len(measured):
             raise ValueError(f"round {position}: {len(steps)} steps but {len(measured)} timings")
         for index, step in enumerate(steps):
-            waits = [last_on_host.get(host_of(step.node))]
-            if step.teacher is not None:
-                waits.append((position, step.teacher))
+            waits = [last_on_host.get(host_of(step.node)), *((position, i) for i in step.inputs)]
             waits = [w for w in waits if w is not None]
             first = max(waits, key=finish.__getitem__, default=None)
             key = (position, index)

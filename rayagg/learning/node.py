@@ -1,9 +1,11 @@
 """One tree node's learning state: model, optimizer, bridge samples. No Ray.
 
 The Ray actor and the in-process driver both wrap a :class:`NodeState`; everything a
-node does in a round is one of its methods, so the protocol is testable without a
-cluster. What crosses between nodes is only :class:`BridgeSamples` (codes and labels)
-and logits: never weights, never raw images.
+node does in a round is one of its methods, named as the round's steps call them
+(rayagg/core/schedule.py), so every method is testable without a cluster. Under FedAgg
+what crosses between nodes is only :class:`BridgeSamples` (codes and labels) and
+logits: never weights. The baselines (rayagg/methods/) send weights
+(``averaging.Weights``). Raw images never leave a leaf.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayagg.learning import autoencoder, protocol
+from rayagg.learning import autoencoder, averaging, protocol
 from rayagg.errors import TrainingError
 from rayagg.learning.protocol import DistillSettings
 
@@ -52,7 +54,7 @@ class NodeState:
     def __init__(self, name: str, model: nn.Module, *, decoder: nn.Module,
                  settings: DistillSettings, optimizer: torch.optim.Optimizer, seed: int,
                  local: Optional[LocalData] = None, encoder: Optional[nn.Module] = None,
-                 slowdown: float = 1.0):
+                 slowdown: float = 1.0, local_epochs: int = 1):
         self.name = name
         self.model = model
         self.optimizer = optimizer
@@ -69,6 +71,10 @@ class NodeState:
         self._batches: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.work_s = 0.0
         self.slowdown = slowdown  # test-bench emulation of a slower machine (config.EmulationConfig)
+        self.local_epochs = local_epochs  # per train_local step (method.kappa1)
+        # The samples this node's weights stand for in an average: a leaf's own; a parent's,
+        # those of the children it last averaged.
+        self._samples = len(local.labels) if local is not None else 0
 
     @property
     def is_leaf(self) -> bool:
@@ -131,6 +137,42 @@ class NodeState:
             raise TrainingError(f"{self.name}: {exc}; lower training.lr ({lr})") from exc
         self._worked(started)
         return loss
+
+    # ---------------------------------------------------------- the weight-averaging methods
+
+    def train_local(self) -> float:
+        """A leaf trains ``local_epochs`` epochs on its own data; returns the mean loss."""
+        if self.local is None:
+            raise RuntimeError(f"{self.name} is not a leaf: it has no local data to train on")
+        started = time.perf_counter()
+        try:
+            loss = averaging.local_epochs(self.model, self.optimizer, self.local.images, self.local.labels,
+                                          epochs=self.local_epochs, batch_size=self.settings.batch_size,
+                                          generator=self._generator)
+        except TrainingError as exc:
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingError(f"{self.name}: {exc}; lower training.lr ({lr})") from exc
+        self._worked(started)
+        return loss
+
+    def share_weights(self) -> averaging.Weights:
+        """This node's weights, to send to its parent or children."""
+        return averaging.weights_of(self.model, self._samples)
+
+    def average_weights(self, *children: averaging.Weights) -> int:
+        """Takes the average of ``children``'s weights, weighed by their samples; returns
+        the samples they stand for."""
+        started = time.perf_counter()
+        merged = averaging.average(children)
+        averaging.load_weights(self.model, merged)
+        self._samples = merged.samples
+        self._worked(started)
+        return merged.samples
+
+    def adopt_weights(self, weights: averaging.Weights) -> int:
+        """Takes its parent's weights as its own model; returns this node's samples."""
+        averaging.load_weights(self.model, weights)
+        return self._samples
 
     def _worked(self, started: float) -> None:
         """Counts the seconds since ``started`` as work; an emulated slower machine

@@ -20,6 +20,7 @@ from rayagg.core.tree import Tree
 from rayagg.learning import autoencoder, data, models, partition
 from rayagg.learning.node import LocalData, NodeState, node_seed
 from rayagg.learning.protocol import DistillSettings, make_optimizer
+from rayagg.methods import Payloads, method_for
 from rayagg.nodes import node_name, tier_of
 
 
@@ -151,7 +152,7 @@ def build_node(plan: Plan, node: str, local: Optional[LocalData] = None, *,
         raise ValueError(f"{node} is a leaf: build_node needs its local data")
     channels, size, _ = plan.image_shape
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(node_seed(config.training.seed, node))
+        torch.manual_seed(node_seed(config.training.seed, _init_name(config, node)))
         model = models.build_model(tier.model, in_channels=channels, image_size=size,
                                    num_classes=plan.num_classes).to(device)
     frozen = frozen or frozen_autoencoder(plan)
@@ -163,7 +164,27 @@ def build_node(plan: Plan, node: str, local: Optional[LocalData] = None, *,
     return NodeState(node, model, decoder=frozen.decoder, settings=settings, optimizer=optimizer,
                      seed=train.seed, local=local if leaf else None,
                      encoder=frozen.encoder if leaf else None,
-                     slowdown=config.emulation.slowdown_of(node))
+                     slowdown=config.emulation.slowdown_of(node), local_epochs=config.method.kappa1)
+
+
+def _init_name(config: RunConfig, node: str) -> str:
+    """What seeds a node's initial model: its name, so every FedAgg node starts apart;
+    under a method that averages weights, one name for all, so they start from the same
+    model as FedAvg's do (averaging unrelated initial models would undo the first round)."""
+    return "shared-initial-model" if method_for(config.method).shares_weights else node
+
+
+def payloads(plan: Plan) -> Payloads:
+    """The sizes of what the run's steps send (rayagg/core/wire.py): logits per bridge
+    sample and, for a method that shares weights, each tier's model."""
+    weights = {}
+    if method_for(plan.config.method).shares_weights:
+        channels, size, _ = plan.image_shape
+        for tier in plan.config.tree.tiers:
+            model = models.build_model(tier.model, in_channels=channels, image_size=size,
+                                       num_classes=plan.num_classes)
+            weights[tier.name] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return Payloads(plan.num_classes, plan.shard_sizes, weights)
 
 
 def evaluation_split(plan: Plan, dataset: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,10 @@ METRICS_FILE = "metrics.parquet"
 _FIRST_SCHEMA = pa.schema([("round", pa.int32()), ("node", pa.string()), ("tier", pa.string()),
                            ("accuracy", pa.float64()), ("loss", pa.float64()), ("seconds", pa.float64()),
                            ("round_s", pa.float64())])
-SCHEMA = pa.schema([*_FIRST_SCHEMA, ("parent", pa.string()), ("children", pa.int32()),
-                    ("bridge_samples", pa.int64()), ("idle_s", pa.float64())])
+# Before rayagg 0.12 (methods) a row stopped at idle_s; such files are still read.
+_LOAD_SCHEMA = pa.schema([*_FIRST_SCHEMA, ("parent", pa.string()), ("children", pa.int32()),
+                         ("bridge_samples", pa.int64()), ("idle_s", pa.float64())])
+SCHEMA = pa.schema([*_LOAD_SCHEMA, ("bytes_up", pa.int64()), ("bytes_down", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,10 @@ class NodeMetrics:
     """One node after one round: test accuracy and loss, its busy seconds (training and
     logits), the round's wall-clock seconds; its load: its parent then, its children,
     the bridge samples it trained on and its idle seconds (the round's seconds it was not
-    busy: waiting on its children, its parent, or a node sharing its host)."""
+    busy: waiting on its children, its parent, or a node sharing its host); and what
+    crossed its link to its parent in the round: ``bytes_up`` it sent its parent,
+    ``bytes_down`` its parent sent it (logits and bridge samples under fedagg, weights
+    under hierfavg; rayagg/methods/)."""
 
     round: int
     node: str
@@ -39,6 +44,8 @@ class NodeMetrics:
     children: int = 0
     bridge_samples: int = 0
     idle_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
 
 
 def write_metrics(records: list[NodeMetrics], path: pathlib.Path) -> None:
@@ -46,9 +53,9 @@ def write_metrics(records: list[NodeMetrics], path: pathlib.Path) -> None:
 
 
 def read_metrics(path: pathlib.Path) -> list[NodeMetrics]:
-    """Reads metrics.parquet (also one written before the load columns: they read as 0);
+    """Reads metrics.parquet (also one written before the load or byte columns: they read as 0);
     CheckpointError naming the file if it is corrupt or foreign."""
-    rows = read_sealed_rows(path, "metrics file", SCHEMA, older=(_FIRST_SCHEMA,))
+    rows = read_sealed_rows(path, "metrics file", SCHEMA, older=(_FIRST_SCHEMA, _LOAD_SCHEMA))
     return [NodeMetrics(**row) for row in rows]
 
 
@@ -88,8 +95,10 @@ def tier_means(records: list[NodeMetrics], tier_names: list[str]) -> dict[str, f
 
 def summary_line(round_index: int, rounds: int, records: list[NodeMetrics],
                  tier_names: list[str], counted: str = "") -> str:
-    """E.g. ``round 3/5  cloud 81.2%  edge 78.0%  device 70.1%  (41.3 s, edge imbalance 1.31)``;
-    non-root tiers are means; the imbalance is :func:`imbalance` of the edges.
+    """E.g. ``round 3/5  cloud 81.2%  edge 78.0%  device 70.1%  (41.3 s, up 1.2 MB, down 1.2 MB,
+    edge imbalance 1.31)``; non-root tiers are means; up and down are the bytes the rows'
+    nodes sent their parents and received from them (none shown when nothing moved);
+    the imbalance is :func:`imbalance` of the edges.
     ``counted`` names a tier (an elastic one) whose live nodes are counted too:
     ``device 70.1% of 30``."""
     means = tier_means(records, tier_names)
@@ -99,4 +108,17 @@ def summary_line(round_index: int, rounds: int, records: list[NodeMetrics],
     edges = balanced_tier(tier_names)
     ratio = imbalance(records, edges) if edges else None
     load = f", {edges} imbalance {ratio:.2f}" if ratio is not None else ""
-    return f"round {round_index}/{rounds}  " + "  ".join(parts) + f"  ({records[0].round_s:.1f} s{load})"
+    up, down = sum(r.bytes_up for r in records), sum(r.bytes_down for r in records)
+    moved = f", up {human_bytes(up)}, down {human_bytes(down)}" if up or down else ""
+    return f"round {round_index}/{rounds}  " + "  ".join(parts) + f"  ({records[0].round_s:.1f} s{moved}{load})"
+
+
+def human_bytes(count: float) -> str:
+    """``1234567`` -> ``"1.2 MB"`` (powers of 1000, as network traffic is counted)."""
+    if abs(count) < 1000:
+        return f"{count:.0f} B"
+    for unit in ("kB", "MB"):
+        count /= 1000
+        if abs(count) < 1000:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1000:.1f} GB"

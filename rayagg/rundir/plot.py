@@ -2,6 +2,7 @@
 marked, and the edges' imbalance below."""
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Sequence
 
@@ -36,11 +37,13 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
         ax.set_xlabel("round")
     for tier in tier_names:
         curve = [tier_means([r for r in records if r.round == n], [tier]).get(tier) for n in rounds]
-        ax.plot(rounds, [100 * a for a in curve], marker="o", label=tier)
+        if all(a is None for a in curve):
+            continue  # a tier no method step evaluates (the nodes above the devices under `local`)
+        ax.plot(rounds, [math.nan if a is None else 100 * a for a in curve], marker="o", label=tier)
     _mark_events(ax, events)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("FedAgg: mean test accuracy per tier")
+    ax.set_title("mean test accuracy per tier")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

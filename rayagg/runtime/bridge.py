@@ -4,7 +4,8 @@ the driver sends them from. Bookkeeping only: no Ray calls here.
 The driver calls ``encode`` on the leaves (or puts the stored copy), so it owns every
 bridge sample's object ref. When the tree changes (a subtree re-parented, a node
 restarted), :meth:`BridgeRoutes.moves` says which node must receive or drop which
-leaves' samples; nothing is asked of a dead node and no sample is lost.
+leaves' samples; nothing is asked of a dead node and no sample is lost. Under a method
+that carries no bridge samples (rayagg/methods/) nothing is encoded and nothing moves.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from rayagg.core.tree import Tree, training_leaves
 class BridgeRoutes:
     """The refs of every leaf's bridge samples and what each node holds of them."""
 
-    def __init__(self, keep_dead_leaf_samples: bool):
+    def __init__(self, keep_dead_leaf_samples: bool, carried: bool = True):
         self.keep_dead_leaf_samples = keep_dead_leaf_samples
+        self.carried = carried
         self.refs: dict[str, Any] = {}  # leaf -> ref of its BridgeSamples, owned by the driver
         self.held: dict[str, set[str]] = {}  # node -> leaves whose samples it holds
 
@@ -40,16 +42,19 @@ class BridgeRoutes:
         self.held[node] = set()
 
     def moves(self, tree: Tree, dead: frozenset[str],
-              left: frozenset[str] = frozenset()) -> list[tuple[str, list[Any], list[str]]]:
-        """(node, refs to add, leaves to drop) for every live node that holds other leaves'
-        samples than it trains on, and records the result as held."""
+              left: frozenset[str] = frozenset()) -> list[tuple[str, list[str], list[str]]]:
+        """(node, leaves to add, leaves to drop) for every live node that holds other leaves'
+        samples than it trains on, and records the result as held (``refs`` has the refs
+        of the leaves to add)."""
         moves = []
+        if not self.carried:
+            return moves
         for node in tree.nodes:
             if node in dead:
                 continue
             wanted = set(training_leaves(tree, dead, node, self.keep_dead_leaf_samples, left))
             held = self.held.get(node, set())
             if wanted != held:
-                moves.append((node, [self.refs[leaf] for leaf in sorted(wanted - held)], sorted(held - wanted)))
+                moves.append((node, sorted(wanted - held), sorted(held - wanted)))
             self.held[node] = wanted
         return moves

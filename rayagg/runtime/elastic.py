@@ -61,7 +61,8 @@ class ElasticDevices:
         runner, started = self._runner, time.time()
         returning = {node for node in nodes if node in runner.tree.tier_of}
         runner.hosts.revive(nodes)
-        calls = [runner.hosts.call(node, "encode") for node in nodes if node not in returning]
+        encoding = runner.method.carries_bridge_samples  # else a new device brings only itself
+        calls = [runner.hosts.call(node, "encode") for node in nodes if node not in returning and encoding]
         calls += [call for call in map(runner.restore_call, sorted(returning)) if call is not None]
         settled = runner.settle(calls, context="joining")
         failed = [node for node in nodes if node in settled.died]

@@ -31,6 +31,7 @@ import torch
 from rayagg.core import packing
 from rayagg.core.schedule import CallTrace, Scores
 from rayagg.errors import NodeStoppedError
+from rayagg.learning.averaging import Weights
 from rayagg.learning.node import BridgeSamples, LocalData, NodeState
 from rayagg.learning.plan import Plan, build_node, evaluation_split, frozen_autoencoder, load_data, local_data
 from rayagg.nodes import describe_nodes
@@ -216,6 +217,38 @@ class NodeHost:
         self._traced(node, "evaluate", started, time.perf_counter() - started[0])
         return Scores(accuracy, loss, state.take_work_s())
 
+    # The weight-averaging methods' calls (rayagg/methods/hierfavg.py, local.py).
+
+    def train_local(self, node: str) -> float:
+        started, state = _clocks(), self._state(node)
+        work = state.work_s
+        loss = state.train_local()
+        self._traced(node, "train_local", started, state.work_s - work)
+        return loss
+
+    def share_weights(self, node: str) -> Weights:
+        started = _clocks()
+        weights = self._state(node).share_weights()
+        self._record(node, "sent", "weights", (0, weights.nbytes))
+        self._traced(node, "share_weights", started, 0.0)
+        return weights
+
+    def average_weights(self, node: str, *children: Weights) -> int:
+        started, state = _clocks(), self._state(node)
+        work = state.work_s
+        for weights in children:
+            self._record(node, "received", "weights", (0, weights.nbytes))
+        samples = state.average_weights(*children)
+        self._traced(node, "average_weights", started, state.work_s - work)
+        return samples
+
+    def adopt_weights(self, node: str, weights: Weights) -> int:
+        started = _clocks()
+        self._record(node, "received", "weights", (0, weights.nbytes))
+        samples = self._state(node).adopt_weights(weights)
+        self._traced(node, "adopt_weights", started, 0.0)
+        return samples
+
     def bridge_sample_count(self, node: str) -> int:
         return self._state(node).bridge_sample_count
 
@@ -239,8 +272,7 @@ class NodeHost:
                 for (direction, kind, shapes), count in self._wire.get(node, Counter()).items()]
 
     def start_trace(self) -> None:
-        """From now on, records each logits, learn, evaluate and save_checkpoint call per
-        node, in the order they run (a ``CallTrace`` each). For `rayagg bench`, which finds
+        """From now on, records each round step's call per node, in the order they run (a ``CallTrace`` each). For `rayagg bench`, which finds
         the critical path from them; off by default."""
         self._trace = {}
 

@@ -41,10 +41,12 @@ import ray
 
 from rayagg.core.events import Event, EventKind
 from rayagg.core.membership import Change
-from rayagg.core.schedule import EVALUATE, LEARN, LOGITS, SAVE, RoundResult, Step, round_steps
+from rayagg.core import wire
+from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Step
 from rayagg.core.tree import Tree, training_leaves
 from rayagg.errors import RecoveryError
-from rayagg.learning.plan import Plan
+from rayagg.learning.plan import Plan, payloads
+from rayagg.methods import method_for
 from rayagg.observe import Observers
 from rayagg.rundir import store
 from rayagg.rundir.manifest import RunState, checkpoint_file
@@ -66,6 +68,8 @@ class RayRunner:
     def __init__(self, plan: Plan, *, address: Optional[str] = None, namespace: Optional[str] = None,
                  verbose: bool = False, faults: FaultHook = no_faults):
         self.plan = plan
+        self.method = method_for(plan.config.method)
+        self._payloads = payloads(plan)
         self.round_index = 0
         self.observers = Observers()  # the run's, from start on (rayagg/observe.py)
         self.run_dir: Optional[pathlib.Path] = None
@@ -76,7 +80,9 @@ class RayRunner:
         self.namespace = namespace or f"rayagg-{plan.config.name}-{stamp}-{os.getpid()}"
         self.hosts = HostPool(plan, self.namespace, heartbeat_interval_s=self._supervision.heartbeat_interval_s,
                               timeout_s=self._runtime.startup_timeout_s, faults=faults)
-        self.bridge = BridgeRoutes(self._supervision.keep_dead_leaf_samples)
+        self.bridge = BridgeRoutes(self._supervision.keep_dead_leaf_samples,
+                                   carried=self.method.carries_bridge_samples)
+        self._received: dict[str, list[str]] = {}  # node -> leaves whose samples reached it since the last round
         self.elastic = ElasticDevices(self)
         self.recovery: Optional[Recovery] = None
         self.checkpoint: Optional[RunState] = None  # the last complete cut: restores read it
@@ -152,6 +158,8 @@ class RayRunner:
             startup.restore_nodes(self, live)
         self.sync_bridge_samples()
         self.repair()
+        if resume is not None:
+            self._received = {}  # reloaded from the run's store: no new traffic of the tree's
 
     def close(self) -> None:
         """Kills the hosts and the supervisor, and stops Ray if this runner started it."""
@@ -191,12 +199,15 @@ class RayRunner:
             for leaf in self._rejoining():
                 self.recovery.rejoin(leaf)
         self.repair()  # every node the tree counts as live runs before calls go out
-        steps = round_steps(self.tree, self.leaves_of, self.dead, scored=self.live_nodes,
-                            save=checkpoint_dir is not None)
+        steps = self.method.round_steps(self.tree, self.leaves_of, self.dead, self.live_nodes,
+                                        save=checkpoint_dir is not None)
         calls: list[Call] = []
         for step in steps:
             calls.append(self.hosts.call(step.node, step.call, *_arguments(step, calls, checkpoint_dir)))
-        self._in_flight.append(_InFlight(round_index, steps, calls, checkpoint_dir, time.perf_counter(), attempt))
+        moved = wire.merge(wire.step_bytes(steps, self.tree.parent_of, self._payloads.answer_bytes),
+                           self._bridge_sent())
+        self._in_flight.append(_InFlight(round_index, steps, calls, checkpoint_dir, time.perf_counter(), attempt,
+                                         moved))
         self.observers.round_submitted(round_index, steps, attempt)
 
     def collect_round(self) -> RoundResult:
@@ -218,7 +229,7 @@ class RayRunner:
         self.repair()
         values = lambda call: {node: v for (node, name), v in settled.by_call.items() if name == call}
         return RoundResult(oldest.round, values(EVALUATE),
-                           values(SAVE) if oldest.checkpoint_dir is not None else None, seconds)
+                           values(SAVE) if oldest.checkpoint_dir is not None else None, seconds, oldest.wire)
 
     def _retry_oldest(self, settled: Settled) -> None:
         """Lets the later rounds in flight finish or fail, repairs the tree, and submits the
@@ -283,12 +294,23 @@ class RayRunner:
         """Sends every live node the refs of the leaves it should hold but does not (all of
         them at start, a moved subtree's after re-parenting, everything after a restart)."""
         pending = []
-        for node, refs, dropped in self.bridge.moves(self.tree, self.dead, self.left):
-            if refs:
-                pending.append(self.hosts.call(node, "add_bridge_samples", *refs))
+        for node, added, dropped in self.bridge.moves(self.tree, self.dead, self.left):
+            if added:
+                pending.append(self.hosts.call(node, "add_bridge_samples", *(self.bridge.refs[l] for l in added)))
+                self._received.setdefault(node, []).extend(added)
             if dropped:
                 pending.append(self.hosts.call(node, "remove_bridge_samples", dropped))
         self.settle(pending)
+
+    def _bridge_sent(self) -> dict[str, wire.Link]:
+        """The bridge samples sent up the tree since the last round was submitted, link by
+        link (rayagg/core/wire.py): all of them before the first round, then what
+        re-parenting, rebalancing and joins moved."""
+        per_sample = wire.bridge_sample_bytes(self.plan.image_shape)
+        sent = wire.bridge_bytes(self._received, self.tree.parent_of,
+                                 lambda leaf: per_sample * self.plan.shard_sizes[leaf])
+        self._received = {}
+        return sent
 
     def store_bridge_samples(self, samples: list, path: pathlib.Path) -> None:
         """Writes a durable copy of ``samples`` to ``path`` (listed in every later cut)."""
@@ -348,7 +370,7 @@ class RayRunner:
 @dataclass
 class _InFlight:
     """A submitted round: its steps and their calls (same order), where it saves, when
-    it was submitted and which attempt it is."""
+    it was submitted, which attempt it is, and the bytes it moves over each link."""
 
     round: int
     steps: list[Step]
@@ -356,14 +378,13 @@ class _InFlight:
     checkpoint_dir: Optional[pathlib.Path]
     submitted: float
     attempt: int
+    wire: dict[str, wire.Link]
 
 
 def _arguments(step: Step, calls: list[Call], checkpoint_dir: Optional[pathlib.Path]) -> tuple:
-    """A step's arguments after its node: a learn gets its teacher's logits ref."""
-    if step.call == LOGITS:
-        return (list(step.leaves),)
-    if step.call == LEARN:
-        return list(step.leaves), calls[step.teacher].ref
+    """A step's arguments after its node: its leaves (if any), then the refs of the answers
+    it takes (a learn its teacher's logits, an average its children's weights)."""
     if step.call == SAVE:
         return (str(checkpoint_file(checkpoint_dir.resolve(), step.node)),)
-    return ()
+    leaves = (list(step.leaves),) if step.leaves else ()
+    return (*leaves, *(calls[index].ref for index in step.inputs))

@@ -77,6 +77,8 @@ def place_bridge_samples(runner: "RayRunner", resume: Optional[RunState]) -> Non
     """Gives the driver a ref to every leaf's bridge samples: read back from the run's
     stores when the resumed cut lists any (verified against the manifest; no device needs
     to encode again), else encoded by the leaves and stored in RUN_DIR/bridge/."""
+    if not runner.method.carries_bridge_samples:
+        return  # nothing to encode: the method moves weights, not samples
     stores = resume.bridge_stores(runner.run_dir) if resume is not None and runner.run_dir is not None else {}
     if stores:
         samples = store.read_bridge_stores(list(stores), sha256=stores,

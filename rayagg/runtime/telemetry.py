@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 from rayagg.core.events import Event
-from rayagg.core.schedule import RoundResult, Step, logit_bytes
+from rayagg.core.schedule import RoundResult
 from rayagg.core.supervision import heartbeat_ages
 from rayagg.nodes import tier_of
 from rayagg.observe import RunObserver, RunOutcome
@@ -80,9 +80,10 @@ METRICS: dict[str, Spec] = {
     "rayagg_node_busy_seconds": Spec(GAUGE, NODE, "Busy seconds of a non-leaf node, last round."),
     "rayagg_node_bridge_samples": Spec(GAUGE, NODE, "Bridge samples a non-leaf node trained on."),
     "rayagg_node_children": Spec(GAUGE, NODE, "Live children of a non-leaf node."),
-    "rayagg_last_round_moved_bytes": Spec(GAUGE, RUN, "Bytes of logits between parents and children, "
-                                                      "last round."),
-    "rayagg_moved_bytes_total": Spec(COUNTER, RUN, "Bytes of logits between parents and children."),
+    "rayagg_last_round_moved_bytes": Spec(GAUGE, RUN, "Bytes between parents and children (logits, bridge "
+                                                      "samples, weights), last round."),
+    "rayagg_moved_bytes_total": Spec(COUNTER, RUN, "Bytes between parents and children (logits, bridge "
+                                                   "samples, weights)."),
     "rayagg_events_total": Spec(COUNTER, ("run", "kind", "tier"),
                                 "Run events by kind (rayagg.core.events.EventKind) and node tier."),
     # supervisor
@@ -270,20 +271,16 @@ class RunTelemetry:
 
 
 class TelemetryObserver(RunObserver):
-    """The driver's side: each collected round's rows, with the bytes of logits its steps
-    sent (from the round's last submitted steps), and a count per event."""
+    """The driver's side: each collected round's rows, with the bytes it moved over the
+    tree's links (rayagg/core/wire.py), and a count per event."""
 
     def __init__(self, run: str, plan: "Plan", telemetry: Optional[RunTelemetry] = None):
         self.telemetry = telemetry if telemetry is not None else RunTelemetry(run)
-        self._plan = plan
         self._tiers = [tier.name for tier in plan.config.tree.tiers]
-        self._moved_bytes: dict[int, int] = {}  # round -> bytes of logits its steps send
-
-    def round_submitted(self, round_index: int, steps: Sequence[Step], attempt: int) -> None:
-        self._moved_bytes[round_index] = logit_bytes(steps, self._plan.shard_sizes, self._plan.num_classes)
 
     def round_collected(self, result: RoundResult, records: Sequence[NodeMetrics]) -> None:
-        self.telemetry.round(records, self._tiers, moved_bytes=self._moved_bytes.pop(result.round, None))
+        moved = sum(link.up + link.down for link in result.wire.values())
+        self.telemetry.round(records, self._tiers, moved_bytes=moved)
 
     def event(self, event: Event) -> None:
         self.telemetry.events([event])

@@ -1,13 +1,13 @@
 """The ``rayagg`` command line: one group, its commands in the modules beside this one
 (run.py: run, check, pretrain-autoencoder; status.py: status, scale; tools.py: bench,
-balance-test; jobs.py: submit, jobs). Importing it imports no Ray: each command imports
-what it needs when it runs."""
+balance-test, compare; jobs.py: submit, jobs). Importing it imports no Ray: each command
+imports what it needs when it runs."""
 import click
 
 from rayagg.cli.jobs import jobs_group, submit
 from rayagg.cli.run import check, pretrain_autoencoder, run
 from rayagg.cli.status import scale, status
-from rayagg.cli.tools import balance_test, bench
+from rayagg.cli.tools import balance_test, bench, compare
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,8 @@ def main() -> None:
     """
 
 
-for command in (run, check, pretrain_autoencoder, status, scale, bench, balance_test, submit, jobs_group):
+for command in (run, check, pretrain_autoencoder, status, scale, bench, balance_test, compare, submit,
+                jobs_group):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -1,4 +1,5 @@
-"""``rayagg bench`` and ``rayagg balance-test``: runs of one config compared (rayagg/tools/)."""
+"""``rayagg bench``, ``rayagg balance-test`` and ``rayagg compare``: runs of one config compared
+(rayagg/tools/)."""
 from __future__ import annotations
 
 import pathlib
@@ -7,7 +8,7 @@ from typing import Optional
 import click
 
 from rayagg.cli.common import default_run_dir, prepare_to_join, user_errors
-from rayagg.config import BALANCE_POLICIES, absolute_path, load_config
+from rayagg.config import BALANCE_POLICIES, METHODS, absolute_path, load_config
 
 
 @click.command("balance-test")
@@ -91,3 +92,60 @@ def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Opti
             bench_tool.write_json(result, pathlib.Path(json_path))
             click.echo(f"rayagg: figures in {json_path}")
 
+
+
+@click.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--methods", default=",".join(METHODS), show_default=True,
+              help="Comma-separated training methods to run CONFIG under (may be empty with --variant).")
+@click.option("--seeds", default="0", show_default=True,
+              help="Comma-separated training seeds; every method and variant runs with each.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Override training.rounds (the variants' too).")
+@click.option("--variant", "variants", multiple=True, metavar="NAME=CONFIG",
+              help="Also run the config at CONFIG as it is (its own method; only the seed and --rounds "
+                   "replaced), named NAME. Repeatable.")
+@click.option("--targets", default="", metavar="ACC,...",
+              help="Cloud accuracies as fractions in (0, 1], e.g. 0.5,0.6: the rounds each run took to "
+                   "reach them.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results as a JSON list to this file (as OUT/compare.json).")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Where the runs and the report go (default: runs/compare-<name>-<timestamp>).")
+@click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (as for `run`).")
+@click.option("--local", is_flag=True, help="Run each with the in-process driver instead of Ray.")
+def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], variants: tuple[str, ...],
+            targets: str, json_path: Optional[str], out_dir: Optional[str], address: Optional[str],
+            local: bool) -> None:
+    """Train CONFIG's tree under each method (and each --variant) on the same seeds; compare them.
+
+    Prints, per method or variant: the cloud's (the root tier's) final and best test
+    accuracy, each other tier's final mean accuracy, the rounds to reach each --targets
+    accuracy (the mean over the seeds that reached it, and how many did), the median
+    seconds per round and the bytes per round that crossed the tree's links. With
+    several --seeds, the cloud's figures are the mean and its range. Each run is a full
+    run directory OUT/<method or variant>-seed<k>; OUT also gets compare.txt (the table),
+    compare.json (one row per run) and compare.png (the cloud's accuracy by round).
+    Every config and run directory is checked before the first run starts.
+    """
+    from rayagg.tools import compare as compare_tool
+
+    with user_errors():
+        if local and address is not None:
+            raise click.UsageError("--local runs in this process: it takes no --address")
+        method_names, seed_list = compare_tool.parse_methods(methods), compare_tool.parse_seeds(seeds)
+        target_list, variant_configs = compare_tool.parse_targets(targets), compare_tool.parse_variants(variants)
+        config = load_config(config_path)
+        out = absolute_path(out_dir or default_run_dir(config, prefix="compare-"))
+        runs = compare_tool.plan_runs(config, method_names, seed_list, out, variants=variant_configs,
+                                      rounds=rounds)
+        compare_tool.check_inputs(runs)
+        if not local:
+            prepare_to_join(address)
+        results = compare_tool.run_all(runs, target_list, address=address, local=local, echo=click.echo)
+        click.echo(compare_tool.write_report(results, target_list, out))
+        click.echo(f"rayagg: report in {out / compare_tool.TABLE_FILE}, {compare_tool.JSON_FILE}, "
+                   f"{compare_tool.PLOT_FILE}")
+        if json_path is not None:
+            compare_tool.write_json(results, pathlib.Path(json_path))
+            click.echo(f"rayagg: results in {json_path}")

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import ray
 
 from rayagg.config import RunConfig
-from rayagg.core.schedule import EVALUATE, LEARN, LOGITS, CallTrace, CriticalPath, Step, critical_path, match_timings
+from rayagg.core.schedule import EVALUATE, LEARN, LOGITS, TRAIN, CallTrace, CriticalPath, Step, critical_path, match_timings
 from rayagg.errors import RayaggError
 from rayagg.observe import Progress, RunObserver, RunOutcome, RunStart
 from rayagg.rundir.metrics import METRICS_FILE, read_metrics
@@ -59,7 +59,7 @@ class BenchResult:
     overhead_share: float  # of the wall time, not torch work on the critical path
     peak_rss_bytes: int  # Ray: every host's peak RSS plus the driver's
     inprocess_peak_rss_bytes: int
-    samples_per_second: float  # bridge samples trained on (learn calls) per second, Ray
+    samples_per_second: float  # samples trained on (learn and train_local calls) per second, Ray
     gflops_achieved: float
     gflops_machine: float
     cpus: int  # the Ray cluster's
@@ -218,8 +218,9 @@ def _round_seconds(records) -> dict[int, float]:
 
 
 def _work(plan, rounds: list[list[Step]]) -> tuple[int, float]:
-    """(bridge samples trained on, FLOPs) of every step of ``rounds``: a call's samples
-    times its model's FLOPs per sample (a leaf's learn also runs its real samples)."""
+    """(samples trained on, FLOPs) of every step of ``rounds``: a call's samples times its
+    model's FLOPs per sample (a leaf's learn also runs its real samples; a local training
+    step its own samples, ``method.kappa1`` times). Averaging weights is not counted."""
     per_sample = {tier.name: _flops_per_sample(tier.model, plan) for tier in plan.config.tree.tiers}
     size = plan.shard_sizes
     trained, flops = 0, 0.0
@@ -232,6 +233,10 @@ def _work(plan, rounds: list[list[Step]]) -> tuple[int, float]:
             elif step.call == LEARN:
                 trained += count
                 flops += count * train * (2 if plan.is_leaf(step.node) else 1)
+            elif step.call == TRAIN:
+                local = size[step.node] * plan.config.method.kappa1
+                trained += local
+                flops += local * train
             elif step.call == EVALUATE:
                 flops += len(plan.test_indices) * forward
     return trained, flops
@@ -281,7 +286,7 @@ def report(result: BenchResult) -> str:
         f"{result.cpus} CPUs)",
         f"  overhead share        {100 * result.overhead_share:.1f} % of round time is not torch work "
         "on the critical path",
-        f"  bridge samples/s      {result.samples_per_second:.0f} trained on",
+        f"  samples/s             {result.samples_per_second:.0f} trained on",
         f"  peak memory           Ray {gb(result.peak_rss_bytes)} (hosts + driver), in-process "
         f"{gb(result.inprocess_peak_rss_bytes)}",
         f"  GFLOP/s               {result.gflops_achieved:.1f} achieved of {result.gflops_machine:.1f} "

@@ -81,8 +81,16 @@ def round_steps(tree: Tree, leaves_of: Callable[[str], Sequence[str]], dead: Ite
         steps.append(Step(child, LEARN, leaves, inputs=(len(steps) - 1,)))
         steps.append(Step(child, LOGITS, leaves))
         steps.append(Step(parent, LEARN, leaves, inputs=(len(steps) - 1,)))
-    for node in scored:
-        steps.append(Step(node, EVALUATE))
+    return steps + closing_steps(scored, save)
+
+
+def closing_steps(nodes: Sequence[str], save: bool, scored: Callable[[str], bool] = lambda node: True) -> list[Step]:
+    """The end of every method's round, node by node: its evaluation (where ``scored``) and,
+    with ``save``, its checkpoint; both after the node's training, so they see its result."""
+    steps = []
+    for node in nodes:
+        if scored(node):
+            steps.append(Step(node, EVALUATE))
         if save:
             steps.append(Step(node, SAVE))
     return steps

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Iterable, Mapping, Sequence
 
 from rayagg.config import MethodConfig
-from rayagg.core.schedule import EVALUATE, LOGITS, SAVE, SHARE, Step
+from rayagg.core.schedule import LOGITS, SHARE, Step, closing_steps
 from rayagg.core.tree import Tree
 from rayagg.core.wire import logits_bytes
 from rayagg.nodes import tier_of
@@ -39,14 +39,9 @@ class Method:
         return True
 
     def finish(self, steps: list[Step], tree: Tree, live: Sequence[str], save: bool) -> list[Step]:
-        """Appends each live node's evaluation (if scored) and, with ``save``, its checkpoint:
-        both after the node's training, so they see the round's result."""
-        for node in live:
-            if self.scored(tree, node):
-                steps.append(Step(node, EVALUATE))
-            if save:
-                steps.append(Step(node, SAVE))
-        return steps
+        """``steps`` and then each live node's evaluation (if scored) and, with ``save``, its
+        checkpoint (``schedule.closing_steps``)."""
+        return steps + closing_steps(live, save, lambda node: self.scored(tree, node))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The learning-rate sweep behind docs/methods.md: a baseline's cloud accuracy per lr.
 
-    python benchmarks/lr_sweep.py CONFIG --method hierfavg --lrs 0.005,0.01,0.02,0.05 --out DIR
+    python benchmarks/lr_sweep.py CONFIG --method hierfavg --lrs 0.005,0.01,0.02,0.05 [--rounds N] --out DIR
 
 Each lr is one in-process run (`rayagg run --local`) of CONFIG with ``method.name`` and
 ``training.lr`` replaced, written to DIR/<method>-lr<lr>; the table gives the root's
@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+from typing import Optional
 
 import click
 
@@ -23,9 +24,12 @@ from rayagg.rundir.metrics import METRICS_FILE, read_metrics
 @click.option("--method", default="hierfavg")
 @click.option("--lrs", default="0.005,0.01,0.02,0.05")
 @click.option("--seed", type=int, default=0)
+@click.option("--rounds", type=int, default=None, help="Override training.rounds.")
 @click.option("--out", "out_dir", type=click.Path(), required=True)
-def main(config_path: str, method: str, lrs: str, seed: int, out_dir: str) -> None:
+def main(config_path: str, method: str, lrs: str, seed: int, rounds: Optional[int], out_dir: str) -> None:
     base = load_config(config_path)
+    if rounds is not None:
+        base = base.with_rounds(rounds)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

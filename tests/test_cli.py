@@ -302,8 +302,12 @@ def test_ctrl_c_while_the_autoencoder_pretrains_exits_130_and_caches_nothing(qui
     cache, out, config = tmp_path / "cache", tmp_path / "run", tmp_path / "quick.yaml"
     config.write_text(quick_config.with_changes(autoencoder={"cache_dir": str(cache)}).to_yaml())
     rayagg = pathlib.Path(sys.executable).parent / "rayagg"
+    # SIGINT as a terminal delivers it: a suite started in the background of a script
+    # inherits SIGINT ignored (POSIX shells do that to background jobs), and Python then
+    # installs no KeyboardInterrupt handler, so the signal would be lost before rayagg's own.
     process = subprocess.Popen([str(rayagg), "run", str(config), "--local", "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list(cache.glob("*.lock")):

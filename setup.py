@@ -11,12 +11,13 @@ setup(
         "torch>=2.9",
         "torchvision>=0.24",
         "numpy",
-        "pyarrow",
+        "pyarrow",  # Parquet run files; pyarrow.fs for run directories on s3:// and gs://
         "click>=8",
         "pyyaml",  # the config format
         "pydantic>=2",  # config validation with field paths (also a ray[default] dependency)
         "matplotlib",  # accuracy.png
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # moto[server]: an S3 endpoint started inside the tests (tests/test_object_store.py)
+    extras_require={"test": ["pytest>=8", "moto[server]>=5"]},
     entry_points={"console_scripts": ["rayagg=rayagg.cli:main"]},
 )

@@ -23,7 +23,7 @@ import time
 import ray
 
 from rayagg.config import load_config
-from rayagg.learning.plan import make_plan
+from rayagg.learning.plan import load_data, make_plan
 from rayagg.loop import execute
 from rayagg.runtime.runner import RayRunner
 from rayagg.observe import RunObserver
@@ -75,7 +75,8 @@ class Measure(RunObserver):
             [handle.ready.remote() for handle in runner.hosts.handles.values()], timeout=timeout_s)))
         for name, layout in runner.hosts.layout.items():
             if len(layout.nodes) > 1 and layout.tier not in self.empty_mb:
-                empty = NodeHost.options(num_cpus=0, namespace=runner.namespace).remote(ray.put(runner.plan), name, [])
+                empty = NodeHost.options(num_cpus=0, namespace=runner.namespace).remote(
+                    ray.put(runner.plan), name, [], *runner.hosts.data_args(name))
                 self.empty_mb[layout.tier] = ray.get(empty.ready.remote(), timeout=timeout_s).rss_mb
                 ray.kill(empty)
 
@@ -86,10 +87,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     config = load_config(args.config).with_rounds(args.rounds)
-    plan = make_plan(config)  # outside the measurement: the autoencoder may pretrain here
+    dataset = load_data(config)
+    plan = make_plan(config, dataset)  # outside the measurement: the autoencoder may pretrain here
     idle_mb = used_mb()
     sampler = Sampler()
-    runner = RayRunner(plan)
+    runner = RayRunner(plan, dataset=dataset)
+    del dataset  # as `rayagg run` does: the runner drops it once shipped (data.source: driver)
     measure = Measure(runner)
     records = execute(runner, pathlib.Path(tempfile.mkdtemp(prefix="rayagg-scale-")), observers=[measure])
     sampler.stop()

@@ -7,6 +7,10 @@ flipped byte or a truncated copy is never loaded silently. Parquet files are als
 written with page checksums, which catch flipped bytes where no digest is at hand
 (metrics, events). Every Parquet file is read through :func:`read_parquet`, which checks
 that the bytes are shaped like a whole Parquet file before pyarrow sees them.
+
+A path may also be an object-store URI (rayagg/storage.py): there :func:`write_atomic` is
+one whole-object write (an object store has no rename, and a reader trusts only what the
+manifest lists with its SHA-256), and every read goes through the store.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from typing import Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayagg.errors import CheckpointError
+from rayagg.errors import CheckpointError, RunDirError
+from rayagg.storage import StorePath, as_path
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -30,10 +35,15 @@ def sha256_bytes(data: bytes) -> str:
 def file_sha256(path: pathlib.Path) -> str:
     """The SHA-256 of a file's bytes; CheckpointError naming the file if it cannot be read."""
     digest = hashlib.sha256()
+    path = as_path(path)
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+        if isinstance(path, StorePath):
+            for block in path.blocks():
                 digest.update(block)
+        else:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except OSError as exc:
@@ -49,8 +59,18 @@ def write_atomic(path: pathlib.Path, data: bytes) -> None:
     the rename is atomic), so concurrent writers of one path, in threads or processes,
     never write into each other's temporary file: each renames a whole file and the last
     rename wins. It is created with mode 0o666 less the umask, like ``open()``'s files,
-    and removed if anything fails before the rename."""
-    path = pathlib.Path(path)
+    and removed if anything fails before the rename.
+
+    On an object store (``path`` a URI) it is one whole-object write instead: readers see
+    the old object or the whole new one. RunDirError naming the object if the store
+    cannot be written."""
+    path = as_path(path)
+    if isinstance(path, StorePath):
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise RunDirError(str(exc)) from exc
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_unique_temp(path)
     try:
@@ -94,7 +114,7 @@ def sync_directory(directory: pathlib.Path) -> None:
 def verified_bytes(path: pathlib.Path, sha256: Optional[str], what: str = "file") -> bytes:
     """Reads ``path``; raises CheckpointError naming it if it is missing or, when ``sha256``
     is given, if its bytes do not have that digest (corrupt, truncated or replaced)."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -22,6 +22,7 @@ from rayagg.rundir.manifest import (CONFIG_FILE, RunState, checkpoint_file, mani
 from rayagg.rundir.metrics import NodeMetrics
 from rayagg.rundir.resume import earlier_events, earlier_records
 from rayagg.stopping import Stopped, StopSignals, stop_within
+from rayagg.storage import as_path
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
     from rayagg.core.membership import Change
@@ -82,6 +83,7 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
     happens, after every observer heard the end.
     """
     config = runner.plan.config  # one source of truth: what the nodes were built from
+    out_dir = as_path(out_dir)  # a local path, or a URI on object storage (rayagg/storage.py)
     stop = stop or StopSignals()
     error: Optional[BaseException] = None
     everyone: Optional[Observers] = None

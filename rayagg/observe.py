@@ -39,6 +39,7 @@ from rayagg.rundir.manifest import RunState
 from rayagg.rundir.metrics import METRICS_FILE, NodeMetrics, summary_line, write_metrics
 from rayagg.rundir.plot import ACCURACY_PLOT, plot_accuracy
 from rayagg.stopping import Stopped
+from rayagg.storage import as_path
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class RunFiles(RunObserver):
 
     def __init__(self, run_dir: pathlib.Path, config: RunConfig, records: Sequence[NodeMetrics] = (),
                  events: Sequence[Event] = ()):
-        self._run_dir, self._tiers = pathlib.Path(run_dir), [tier.name for tier in config.tree.tiers]
+        self._run_dir, self._tiers = as_path(run_dir), [tier.name for tier in config.tree.tiers]
         self.records, self.events = list(records), list(events)
 
     def event(self, event: Event) -> None:

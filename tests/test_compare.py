@@ -200,6 +200,16 @@ def test_a_variant_name_given_twice_is_refused():
         compare.parse_variants([f"big={TINY}", f"big={CONFIGS / 'demo.yaml'}"])
 
 
+
+@pytest.mark.parametrize("command", ["compare", "bench", "balance-test"])
+def test_the_tools_refuse_an_object_store_out_before_anything_runs(command):
+    """The tools write local folders; a URI would otherwise become a folder named 's3:'."""
+    result = CliRunner().invoke(main, [command, str(TINY), "--out", "s3://bucket/runs"])
+    assert result.exit_code == 2, result.output
+    assert "s3://bucket/runs: bench, balance-test and compare write to a local folder" in result.output
+    assert not pathlib.Path("s3:").exists()
+
+
 # ------------------------------------------------------------------ planning
 
 def all_cnn(config):

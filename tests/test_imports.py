@@ -24,7 +24,7 @@ PACKAGE = ROOT / "rayagg"
 
 # Lowest first. A module may import from its own layer and the ones below.
 LAYERS = [
-    {"errors", "nodes", "files"},  # words and durable bytes, used everywhere
+    {"errors", "nodes", "storage", "files"},  # words, where run files live and durable bytes, used everywhere
     {"config"},
     {"core"},  # pure decisions over the tree
     {"methods"},  # pure: a training method's round steps
@@ -36,7 +36,7 @@ LAYERS = [
     {"cli"},
     {"__init__", "__main__"},
 ]
-PURE = ["rayagg.errors", "rayagg.nodes", "rayagg.files", "rayagg.config", "rayagg.core", "rayagg.methods",
+PURE = ["rayagg.errors", "rayagg.nodes", "rayagg.storage", "rayagg.files", "rayagg.config", "rayagg.core", "rayagg.methods",
         "rayagg.stopping",
         "rayagg.observe", "rayagg.loop", "rayagg.learning.partition", "rayagg.rundir.directory",
         "rayagg.rundir.events", "rayagg.rundir.live", "rayagg.rundir.manifest", "rayagg.rundir.metrics",

@@ -26,6 +26,21 @@ class user_errors:
         return False
 
 
+class RunDirArgument(click.ParamType):
+    """A RUN_DIR argument: an existing local directory (checked as ``click.Path`` checks
+    it), or an object-store URI (``s3://...``, ``gs://...``), taken as given: whether it
+    holds a run is the command's to find out, with an error naming the URI."""
+
+    name = "run_dir"
+
+    def convert(self, value, param, ctx):
+        from rayagg.storage import is_uri
+
+        if is_uri(value):
+            return value
+        return click.Path(file_okay=False, exists=True).convert(value, param, ctx)
+
+
 class interrupted_while_starting:
     """Ctrl-C before a run's own signal handling is in place (loading data, pretraining the
     autoencoder, joining Ray) exits 130 with one line, as a stop does later, not with

@@ -41,7 +41,7 @@ def submit(config_path: Optional[str], address: Optional[str], out_dir: Optional
 
     The config (validated here) travels with the job; its entrypoint is `python -m rayagg
     run` on the cluster, which needs rayagg's code (installed, or --working-dir) and the data
-    set. `rayagg submit --resume RUN_DIR` continues a stopped run. Watch it with
+    set (on the head only, unless data.source is local). `rayagg submit --resume RUN_DIR` continues a stopped run. Watch it with
     `rayagg jobs logs JOB` and, on a machine that mounts RUN_DIR, `rayagg status RUN_DIR --watch`.
     """
     from rayagg.client import jobs

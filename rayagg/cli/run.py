@@ -15,6 +15,7 @@ from rayagg.client.jobs import CONFIG_ENV
 from rayagg.config import RunConfig, absolute_path, load_config, parse_config_text
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.observe import Progress, RunObserver, RunStart
+from rayagg.storage import as_path
 
 
 @click.command()
@@ -24,7 +25,8 @@ from rayagg.observe import Progress, RunObserver, RunStart
                    "Ray is started and stopped at the end.")
 @click.option("--rounds", type=int, default=None, help="Override training.rounds.")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
-              help="Run directory, new or empty (default: runs/<config name>-<timestamp>).")
+              help="Run directory, new or empty: a path, or a URI such as s3://bucket/prefix/run "
+                   "(default: output.base_dir/<config name>-<timestamp>, base_dir runs).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in --out (its files are deleted first).")
 @click.option("--resume", "resume_dir", type=click.Path(), default=None,
@@ -71,6 +73,7 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
         # Everything a resume reads is verified before Ray is imported or any file changes.
         state = load_for_resume(run_dir, plan) if resume_dir else None
         runner = _make_runner(plan, dataset, address, local, verbose)
+        del dataset  # the runner holds it as long as it needs it (on Ray: until shipped)
         if overwrite:
             clear_run_dir(run_dir)
         click.echo(f"rayagg: run {config.name!r} -> {run_dir}")
@@ -86,7 +89,7 @@ def _check_usage(config_path, resume_dir, out_dir, overwrite, config_from_env) -
         raise click.UsageError("--config-from-env takes neither CONFIG nor --resume")
     if resume_dir is not None and (overwrite or out_dir is not None):
         raise click.UsageError("--resume continues RUN_DIR in place: it takes neither --out nor --overwrite")
-    if resume_dir is not None and not pathlib.Path(resume_dir).is_dir():
+    if resume_dir is not None and not as_path(resume_dir).is_dir():
         raise RayaggError(f"--resume {resume_dir}: no such run directory")
 
 
@@ -134,7 +137,7 @@ def _load_run_config(config_path: Optional[str], resume_dir: Optional[str], from
         return parse_config_text(os.environ[CONFIG_ENV], source=f"${CONFIG_ENV}")
     if resume_dir is None:
         return load_config(config_path)
-    stored = load_config(pathlib.Path(resume_dir) / CONFIG_FILE)
+    stored = load_config(as_path(resume_dir) / CONFIG_FILE)
     if config_path is None:
         return stored
     given = load_config(config_path)
@@ -169,7 +172,7 @@ def _make_runner(plan, dataset, address: Optional[str], local: bool, verbose: bo
     prepare_to_join(address)
     from rayagg.runtime.runner import RayRunner
 
-    return RayRunner(plan, address=address, verbose=verbose)
+    return RayRunner(plan, address=address, verbose=verbose, dataset=dataset)
 
 
 @click.command("pretrain-autoencoder")
@@ -218,7 +221,15 @@ def check(config_path: str) -> None:
                  if balance.rebalances else "no moves between rounds")
         click.echo(f"balance: {balance.policy} ({moves})")
         click.echo(f"method: {describe_method(config.method)}")
+        click.echo(f"data: {describe_data(config.data)}")
         echo_emulation(config)
+
+
+def describe_data(data) -> str:
+    """E.g. ``fashion-mnist, source driver (the driver loads it and ships each host its shards)``."""
+    where = ("the driver loads it and ships each host its shards" if data.source == "driver"
+             else "each host reads its own copy")
+    return f"{data.dataset}, source {data.source} ({where})"
 
 
 def describe_method(method) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from rayagg.cli.common import user_errors
+from rayagg.cli.common import RunDirArgument, user_errors
 from rayagg.config import load_config
 from rayagg.core import packing
 from rayagg.errors import CheckpointError, ConfigError, RunDirError
@@ -19,6 +19,7 @@ from rayagg.rundir.live import LEAVES_LISTED, LIVE_FILE, read_live, render
 from rayagg.rundir.manifest import CONFIG_FILE, STATE_FILE, RunState, holds_run, missing_manifest
 from rayagg.rundir.metrics import METRICS_FILE, NodeMetrics, balanced_tier, imbalance, read_metrics, tier_order
 from rayagg.rundir.resume import CutCheck, earlier_events, verify_cut
+from rayagg.storage import as_path
 
 WATCH_EVERY_S = 2.0  # `rayagg status --watch`: the driver rewrites live.json about as often
 # `rayagg status` checks the SHA-256 of the last checkpoint's files up to this many bytes in
@@ -28,7 +29,7 @@ HASHED_BYTES = 1 << 30
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", metavar="RUN_DIR", type=RunDirArgument())
 @click.option("--watch", is_flag=True,
               help=f"Redraw the live tree every {WATCH_EVERY_S:g} s until the run ends (Ctrl-C quits).")
 @click.option("--all", "every_leaf", is_flag=True,
@@ -50,7 +51,7 @@ def status(run_dir: str, watch: bool, every_leaf: bool) -> None:
     file, is named and the exit code is 2.
     """
     with user_errors():
-        path = pathlib.Path(run_dir)
+        path = as_path(run_dir)
         if not holds_run(path):
             raise RunDirError(missing_manifest(path))
         if watch:
@@ -213,7 +214,7 @@ def _echo_hosts(run_dir: pathlib.Path, dead: list[str], tree: Optional[dict] = N
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", metavar="RUN_DIR", type=RunDirArgument())
 @click.option("--devices", type=click.IntRange(min=0), default=None, help="Target count of active devices.")
 @click.option("--add", type=click.IntRange(min=0), default=None, help="Devices to add.")
 @click.option("--remove", type=click.IntRange(min=0), default=None, help="Devices to remove.")

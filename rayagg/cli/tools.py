@@ -47,7 +47,7 @@ def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: 
         if rounds is not None:
             config = config.with_rounds(rounds)
         preflight.check_inputs(config)
-        out = absolute_path(out_dir or default_run_dir(config, prefix="balance-test-"))
+        out = local_out(out_dir or default_run_dir(config, prefix="balance-test-"))
         prepare_to_join(address)
         results = balance_tool.compare(config, names, out, seeds=seed_list or [0], address=address,
                                        echo=click.echo)
@@ -82,7 +82,7 @@ def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Opti
     with user_errors():
         config = load_config(config_path).with_rounds(rounds)
         preflight.check_inputs(config)
-        out = absolute_path(out_dir or default_run_dir(config, prefix="bench-"))
+        out = local_out(out_dir or default_run_dir(config, prefix="bench-"))
         prepare_to_join(address)
         from rayagg.tools import bench as bench_tool
 
@@ -136,7 +136,7 @@ def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], v
         method_names, seed_list = compare_tool.parse_methods(methods), compare_tool.parse_seeds(seeds)
         target_list, variant_configs = compare_tool.parse_targets(targets), compare_tool.parse_variants(variants)
         config = load_config(config_path)
-        out = absolute_path(out_dir or default_run_dir(config, prefix="compare-"))
+        out = local_out(out_dir or default_run_dir(config, prefix="compare-"))
         runs = compare_tool.plan_runs(config, method_names, seed_list, out, variants=variant_configs,
                                       rounds=rounds)
         compare_tool.check_inputs(runs)
@@ -149,3 +149,14 @@ def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], v
         if json_path is not None:
             compare_tool.write_json(results, pathlib.Path(json_path))
             click.echo(f"rayagg: results in {json_path}")
+
+
+def local_out(out_dir) -> pathlib.Path:
+    """The tools' output folder, absolute. They write local run directories only (their
+    reports, plots and timings are for the machine that runs them): a URI, given with
+    --out or through ``output.base_dir``, is a usage error rather than a folder named 's3:'."""
+    out = absolute_path(out_dir)
+    if not isinstance(out, pathlib.Path):
+        raise click.BadParameter(f"{out}: bench, balance-test and compare write to a local folder; "
+                                 "give a local path (rayagg run takes object-store URIs)", param_hint="--out")
+    return out

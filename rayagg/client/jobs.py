@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 from rayagg.config import RunConfig
 from rayagg.errors import JobError
 from rayagg.runtime.auth import join_by_address
+from rayagg.storage import is_uri
 
 CONFIG_ENV = "RAYAGG_CONFIG_YAML"  # `rayagg run --config-from-env` reads the config from here
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -71,7 +72,8 @@ def cluster_path(path: str, option: str) -> str:
 
 
 def _cluster_absolute(path: str) -> bool:
-    return path.startswith(("/", "~"))
+    """Absolute, ``~/...``, or an object-store URI (``s3://``, ``gs://``: the same everywhere)."""
+    return path.startswith(("/", "~")) or is_uri(path)
 
 
 def submission(config: Optional[RunConfig], run_dir: str, *, resume: bool = False,

@@ -3,7 +3,8 @@
 A Ray run records in RUN_DIR/live.json where it can be reached (its cluster's GCS
 address and its namespace) while it trains, and removes the record when it ends. The
 request goes to the run's supervisor actor, which holds it until the next round
-boundary; the run's answer says what will happen then.
+boundary (on an autoscaling cluster it asks the autoscaler for the new devices' machines
+at once: docs/elastic.md); the run's answer says what will happen then.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rayagg.errors import ClusterError, RunDirError, ScaleError
 from rayagg.rundir.live import LIVE_FILE, read_live
 from rayagg.rundir.manifest import CONFIG_FILE, RunState, holds_run, missing_manifest
 from rayagg.runtime.auth import join_by_address
+from rayagg.storage import as_path
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -35,7 +37,7 @@ def scale(run_dir: str | pathlib.Path, *, devices: Optional[int] = None, add: Op
         raise ScaleError("give exactly one of devices, add or remove")
     if any(value is not None and value < 0 for value in (devices, add, remove)):
         raise ScaleError("devices, add and remove must not be negative")
-    run_dir = pathlib.Path(run_dir)
+    run_dir = as_path(run_dir)
     join_by_address()  # before Ray is imported
     if not holds_run(run_dir):
         raise RunDirError(missing_manifest(run_dir))

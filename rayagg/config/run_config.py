@@ -18,6 +18,7 @@ from rayagg.config.sections import (AutoencoderConfig, BalanceConfig, DataConfig
 from rayagg.config.tree import TreeConfig
 from rayagg.errors import ConfigError
 from rayagg.nodes import index_of, is_node_of
+from rayagg.storage import as_path
 
 
 class RunConfig(_Section):
@@ -107,8 +108,9 @@ def parse_config(raw: Any, source: str = "config") -> RunConfig:
 
 
 def load_config(path: str | pathlib.Path) -> RunConfig:
-    """Reads and validates a YAML config; raises ConfigError for a missing file or bad content."""
-    path = pathlib.Path(path)
+    """Reads and validates a YAML config (a local file, or an object on a store: a run's
+    config.yaml there); raises ConfigError for a missing file or bad content."""
+    path = as_path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
 from rayagg.nodes import tier_of
+from rayagg.storage import RunPath, StorePath, as_path, is_uri
 
 
 def _not_a_bool(value: object) -> object:
@@ -41,10 +42,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Where the host actors get their data (DataConfig.source).
+DATA_SOURCES = ("driver", "local")
+
+
 class DataConfig(_Section):
-    """Which data set, how much of it, and how it is split over the leaves."""
+    """Which data set, how much of it, how it is split over the leaves, and where the
+    host actors get it.
+
+    ``source: driver`` (the default) has the driver, which loads the data set anyway to
+    split it, ship each host its leaves' shards and the test split through Ray's object
+    store: a cluster then needs the data set on the driver's machine only, which any
+    cluster has. ``source: local`` has every host read its own copy (``root`` on its own
+    machine): for real on-device data that must not leave the machine. Both give every
+    node the same data, so the same results.
+    """
 
     dataset: Literal["fashion-mnist", "cifar10", "cifar100"] = "fashion-mnist"
+    source: Literal[DATA_SOURCES] = "driver"
     root: Optional[str] = None
     download: bool = False
     coarse_labels: bool = False
@@ -219,20 +234,25 @@ class EmulationConfig(_Section):
 class OutputConfig(_Section):
     """Where runs go. A run's directory is ``--out``, else ``<base_dir>/<name>-<timestamp>``;
     either is made absolute at launch (``~`` expanded, a relative path taken from the
-    working directory) and printed. On a multi-machine cluster every host actor writes its
+    working directory) and printed; either may be an object-store URI (``s3://bucket/prefix``,
+    ``gs://...``: rayagg/storage.py). On a multi-machine cluster every host actor writes its
     nodes' checkpoints there, so it must be shared storage mounted at the same path on
-    every machine: a run checks this at start-up (``rayagg.rundir.directory.probe_run_dir``)."""
+    every machine, or a URI: a run checks this at start-up (``rayagg.rundir.directory.probe_run_dir``)."""
 
     base_dir: str = "runs"
 
-    def run_dir(self, name: str, stamp: str) -> pathlib.Path:
+    def run_dir(self, name: str, stamp: str) -> RunPath:
         """The absolute default run directory of a run called ``name`` started at ``stamp``."""
+        if is_uri(self.base_dir):
+            return as_path(self.base_dir) / f"{name}-{stamp}"
         return absolute_path(pathlib.Path(self.base_dir) / f"{name}-{stamp}")
 
 
-def absolute_path(path: str | pathlib.Path) -> pathlib.Path:
+def absolute_path(path: str | pathlib.Path | StorePath) -> RunPath:
     """``path`` with ``~`` expanded, made absolute against the working directory (symlinks kept:
-    a shared mount is often reached through one)."""
+    a shared mount is often reached through one); an object-store URI as a StorePath."""
+    if is_uri(path):
+        return as_path(path)
     return pathlib.Path(os.path.abspath(pathlib.Path(path).expanduser()))
 
 

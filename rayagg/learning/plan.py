@@ -4,6 +4,11 @@ The driver makes a :class:`Plan` once (tree, shards, test subset, the frozen
 autoencoder) and hands it to every node; :func:`build_node` turns the plan into a
 node's :class:`NodeState`. The in-process driver and the Ray actors build nodes with
 the same function, so both runtimes train the same nodes from the same seeds.
+
+A node's data is cut from the data set as stored (:class:`RawImages`: uint8 images and
+their labels) and converted to floats where the node runs, so a host given its shards by
+the driver (``data.source: driver``) and one reading its own copy train on the same
+tensors.
 """
 from __future__ import annotations
 
@@ -128,10 +133,43 @@ def _autoencoder(config: RunConfig, dataset: data.Dataset, public: np.ndarray) -
     return path.read_bytes(), frozen.digest
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field-wise is ambiguous
+class RawImages:
+    """Images as the data set stores them (uint8, N x C x H x W) and their int64 labels: what
+    the driver ships a host under ``data.source: driver``, a quarter of the bytes of the
+    float32 images a node trains on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def floats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the images as float32 in [0, 1], the labels), converted by ``data.to_float`` as a
+        host reading its own copy converts them: bit for bit the same tensors."""
+        # Copies: Ray hands out read-only arrays backed by its object store, which a
+        # tensor must neither write to nor keep pinned for the run.
+        images, labels = torch.from_numpy(np.array(self.images)), torch.from_numpy(np.array(self.labels))
+        return data.to_float(images), labels
+
+    def local(self) -> LocalData:
+        """A leaf's :class:`LocalData` from its raw shard."""
+        return LocalData(*self.floats())
+
+
+def raw_shard(plan: Plan, leaf: str, dataset: data.Dataset) -> RawImages:
+    """``leaf``'s shard of the training split, as stored (uint8); KeyError for no leaf."""
+    shard = torch.tensor(plan.shards[leaf])  # a copy: Ray hands out read-only arrays
+    return RawImages(dataset.train_images[shard].numpy(), dataset.train_labels[shard].numpy())
+
+
+def raw_test_split(plan: Plan, dataset: data.Dataset) -> RawImages:
+    """The test images every node is scored on, as stored (uint8), with their labels."""
+    index = torch.tensor(plan.test_indices)
+    return RawImages(dataset.test_images[index].numpy(), dataset.test_labels[index].numpy())
+
+
 def local_data(plan: Plan, leaf: str, dataset: data.Dataset) -> LocalData:
     """A leaf's private images (as floats) and labels: its shard of the training split."""
-    shard = torch.tensor(plan.shards[leaf])  # a copy: Ray hands out read-only arrays
-    return LocalData(data.to_float(dataset.train_images[shard]), dataset.train_labels[shard])
+    return raw_shard(plan, leaf, dataset).local()
 
 
 def frozen_autoencoder(plan: Plan) -> autoencoder.Autoencoder:
@@ -189,5 +227,4 @@ def payloads(plan: Plan) -> Payloads:
 
 def evaluation_split(plan: Plan, dataset: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The evaluation images (float) and labels every node is scored on."""
-    index = torch.tensor(plan.test_indices)
-    return data.to_float(dataset.test_images[index]), dataset.test_labels[index]
+    return raw_test_split(plan, dataset).floats()

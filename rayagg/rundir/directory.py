@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import pathlib
 import secrets
-import shutil
 import socket
 from enum import Enum
 from typing import Optional
 
 from rayagg.errors import CheckpointError, RunDirError
 from rayagg.files import write_atomic
+from rayagg.storage import as_path, remove_tree
 from rayagg.rundir.live import LIVE_FILE, boot_id, process_command, process_start, read_live
 from rayagg.rundir.manifest import RunState, holds_run
 
@@ -21,7 +21,7 @@ def check_new_run_dir(path: pathlib.Path, overwrite: bool = False) -> None:
     """Raises RunDirError unless a new run may write to ``path``: it must not exist, be empty,
     or (with ``overwrite``) hold a rayagg run, which :func:`clear_run_dir` then removes.
     A non-empty directory that is not a run is never written to, even with ``overwrite``."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     for ancestor in [path, *path.parents]:
         if ancestor.exists() and not ancestor.is_dir():
             raise RunDirError(f"cannot use {path} as a run directory: {ancestor} is a file")
@@ -41,7 +41,7 @@ def check_writable(path: pathlib.Path) -> None:
     """RunDirError naming ``path`` and the reason unless a run can create it (with its
     missing parents) and write into it. What the check creates it removes again: a run
     that never starts (a cluster that does not answer) leaves nothing behind."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     created = [p for p in [path, *path.parents] if not p.exists()]
     probe = path / f".rayagg-probe-{secrets.token_hex(4)}"
     try:
@@ -139,10 +139,10 @@ def _process_exists(pid) -> bool:
 
 def clear_run_dir(path: pathlib.Path) -> None:
     """Removes a run directory's contents (only after :func:`check_new_run_dir` allowed it)."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     if path.is_dir():
         for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            remove_tree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def describe_progress(path: pathlib.Path) -> str:
@@ -160,21 +160,23 @@ PROBE_FILE = ".rayagg-probe"
 def start_probe(run_dir: pathlib.Path) -> str:
     """Writes a fresh token to RUN_DIR/.rayagg-probe for :func:`probe_run_dir`; returns it."""
     token = secrets.token_hex(8)
-    write_atomic(pathlib.Path(run_dir) / PROBE_FILE, token.encode())
+    write_atomic(as_path(run_dir) / PROBE_FILE, token.encode())
     return token
 
 
 def probe_run_dir(run_dir: str | pathlib.Path, token: str, who: str) -> Optional[str]:
     """Run by each host actor at start-up, on whichever machine it landed: None when it sees
     the driver's probe (so RUN_DIR is the same directory there) and can write beside it
-    (it writes its nodes' checkpoints there), else why not, naming ``who``."""
-    path = pathlib.Path(run_dir) / PROBE_FILE
+    (it writes its nodes' checkpoints there), else why not, naming ``who``. On an object
+    store (``run_dir`` a URI) the host opens the store with its own environment's
+    credentials and endpoint: a machine without them, or that cannot reach the store, fails here."""
     try:
+        path = as_path(run_dir) / PROBE_FILE
         seen = path.read_text()
     except FileNotFoundError:
         return f"{who} does not see {path}, which the driver wrote: {run_dir} is another directory there"
-    except OSError as exc:
-        return f"{who} cannot read {path}: {exc}"
+    except (OSError, RunDirError) as exc:
+        return f"{who} cannot read {as_path(run_dir) / PROBE_FILE}: {exc}"
     if seen != token:
         return f"{who} sees another token in {path}: {run_dir} is another directory there"
     mine = path.with_name(f"{PROBE_FILE}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -187,4 +189,4 @@ def probe_run_dir(run_dir: str | pathlib.Path, token: str, who: str) -> Optional
 
 
 def end_probe(run_dir: pathlib.Path) -> None:
-    (pathlib.Path(run_dir) / PROBE_FILE).unlink(missing_ok=True)
+    (as_path(run_dir) / PROBE_FILE).unlink(missing_ok=True)

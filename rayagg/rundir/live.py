@@ -28,6 +28,7 @@ from rayagg.core.tree import Tree
 from rayagg.errors import RunDirError
 from rayagg.nodes import NodeStatus, status_of
 from rayagg.files import write_atomic
+from rayagg.storage import as_path
 
 LIVE_FILE = "live.json"
 
@@ -44,7 +45,7 @@ def write_live(run_dir: pathlib.Path, address: str, namespace: str, pid: int, ho
                     if value is not None}
     record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname, **identity,
               **({"view": view} if view is not None else {})}
-    write_atomic(pathlib.Path(run_dir) / LIVE_FILE, json.dumps(record, indent=1).encode())
+    write_atomic(as_path(run_dir) / LIVE_FILE, json.dumps(record, indent=1).encode())
 
 
 def process_start(pid) -> Optional[int]:
@@ -80,7 +81,7 @@ def process_command(pid) -> Optional[list[str]]:
 def read_live(run_dir: pathlib.Path) -> Optional[dict]:
     """The live record of ``run_dir``, or None when no run trains there (or it crashed
     before it could remove the record: the caller finds nothing at the address)."""
-    path = pathlib.Path(run_dir) / LIVE_FILE
+    path = as_path(run_dir) / LIVE_FILE
     try:
         record = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -93,7 +94,7 @@ def read_live(run_dir: pathlib.Path) -> Optional[dict]:
 
 
 def clear_live(run_dir: pathlib.Path) -> None:
-    (pathlib.Path(run_dir) / LIVE_FILE).unlink(missing_ok=True)
+    (as_path(run_dir) / LIVE_FILE).unlink(missing_ok=True)
 
 
 

@@ -9,13 +9,21 @@ events.parquet held then. A crash or a second signal while a cut is written leav
 previous manifest, and so the previous cut, intact. The manifest carries its own
 checksum; a resume verifies it and every listed file before Ray starts or any file
 changes (rayagg/rundir/resume.py); ``rayagg status`` verifies the files too.
+
+On an object store (RUN_DIR a URI, rayagg/storage.py) nothing can be renamed: every file
+is one whole-object write, the node files and stores first, the manifest last. That is a
+commit too, because a reader trusts only what the manifest lists (with its SHA-256 and
+size) and a listed object is never written again: a cut of round r lists files of rounds
+up to r, every later write goes to a round after the manifest's, and the bridge-sample
+stores (per root, per join round) are written once before any cut lists them. Names of
+unlisted objects may be reused (a retried round, a resume redoing one) and are
+overwritten whole; :func:`prune_checkpoints` removes them as it does on a local disk.
 """
 from __future__ import annotations
 
 import json
 import pathlib
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -25,6 +33,7 @@ from rayagg.rundir.events import EVENTS_FILE, count_events
 from rayagg.files import sha256_bytes, write_atomic
 from rayagg.rundir.live import LIVE_FILE
 from rayagg.rundir.metrics import METRICS_FILE
+from rayagg.storage import as_path, remove_tree
 
 # 3 added ``left``: a format-2 manifest reads as one where no device left. 4 added
 # ``events`` and ``sizes``: an older one reads as one that does not know them (None, {}).
@@ -70,7 +79,7 @@ class RunState:
         The events file and the listed files are on disk by then (metrics and events are
         written before a cut, the nodes' files before it names them): unless given, the
         manifest records how many events the one holds and the others' sizes."""
-        run_dir = pathlib.Path(run_dir)
+        run_dir = as_path(run_dir)
         body = asdict(self)
         if body["events"] is None:
             events = run_dir / EVENTS_FILE
@@ -79,12 +88,12 @@ class RunState:
             body["sizes"] = {relative: (run_dir / relative).stat().st_size for relative in self.digests
                              if (run_dir / relative).is_file()}
         record = {"format": FORMAT, **body, "sha256": sha256_bytes(_canonical(body))}
-        write_atomic(pathlib.Path(run_dir) / STATE_FILE, json.dumps(record, indent=1).encode())
+        write_atomic(run_dir / STATE_FILE, json.dumps(record, indent=1).encode())
 
     @classmethod
     def load(cls, run_dir: pathlib.Path) -> "RunState":
         """Reads and verifies RUN_DIR/state.json; CheckpointError naming the file and the cause."""
-        run_dir = pathlib.Path(run_dir)
+        run_dir = as_path(run_dir)
         path = run_dir / STATE_FILE
         if not path.is_file():
             raise CheckpointError(missing_manifest(run_dir))
@@ -112,7 +121,7 @@ class RunState:
         relative = self.checkpoints.get(node)
         if relative is None:
             return None
-        return pathlib.Path(run_dir) / relative, self.digests[relative]
+        return as_path(run_dir) / relative, self.digests[relative]
 
     def digest_of(self, path: pathlib.Path, run_dir: pathlib.Path) -> Optional[str]:
         """The SHA-256 this cut records for the file at ``path``, or None if it lists none."""
@@ -121,7 +130,7 @@ class RunState:
     def bridge_stores(self, run_dir: pathlib.Path) -> dict[pathlib.Path, str]:
         """The bridge-sample stores this cut lists (path -> SHA-256): the one written at
         start and one per round in which devices joined."""
-        return {pathlib.Path(run_dir) / relative: digest for relative, digest in sorted(self.digests.items())
+        return {as_path(run_dir) / relative: digest for relative, digest in sorted(self.digests.items())
                 if pathlib.PurePath(relative).parts[0] == "bridge"}
 
     def tree(self, like: Tree) -> Tree:
@@ -145,7 +154,7 @@ class RunState:
 
 def manifest_key(path: pathlib.Path, run_dir: pathlib.Path) -> str:
     """How the manifest names a file of the run: its path relative to the run directory."""
-    return str(pathlib.Path(path).resolve().relative_to(pathlib.Path(run_dir).resolve()))
+    return str(as_path(path).resolve().relative_to(as_path(run_dir).resolve()))
 
 
 def _canonical(body: dict) -> bytes:
@@ -154,6 +163,7 @@ def _canonical(body: dict) -> bytes:
 
 def missing_manifest(run_dir: pathlib.Path) -> str:
     """Why ``run_dir`` has no manifest, as the message of a CheckpointError or a status line."""
+    run_dir = as_path(run_dir)
     stray = sorted((run_dir / "checkpoints").rglob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
     if stray:
         return (f"{run_dir / STATE_FILE} is missing although {run_dir / 'checkpoints'} holds "
@@ -167,7 +177,7 @@ def missing_manifest(run_dir: pathlib.Path) -> str:
 
 def holds_run(path: pathlib.Path) -> bool:
     """True if ``path`` has any file rayagg writes into a run directory."""
-    return any((pathlib.Path(path) / name).exists() for name in RUN_FILES)
+    return any((as_path(path) / name).exists() for name in RUN_FILES)
 
 
 
@@ -177,19 +187,19 @@ def prune_checkpoints(run_dir: pathlib.Path, state: RunState) -> None:
     while it is listed. Newer directories stay: a later round in flight may be writing
     there (``runtime.rounds_in_flight``); the next committed cut past them prunes them."""
     kept = {pathlib.PurePath(p).parent.name for p in state.checkpoints.values()}
-    root = pathlib.Path(run_dir) / "checkpoints"
+    root = as_path(run_dir) / "checkpoints"
     for directory in root.glob("round-*") if root.is_dir() else []:
         number = directory.name.removeprefix("round-")
         newer = number.isdigit() and int(number) > state.round
         if directory.is_dir() and directory.name not in kept and not newer:
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory, ignore_errors=True)
 
 
 def round_directory(run_dir: pathlib.Path, round_index: int) -> pathlib.Path:
     """Where round ``round_index``'s node checkpoints go."""
-    return pathlib.Path(run_dir) / "checkpoints" / f"round-{round_index:04d}"
+    return as_path(run_dir) / "checkpoints" / f"round-{round_index:04d}"
 
 
 def checkpoint_file(directory: pathlib.Path, node: str) -> pathlib.Path:
     """``node``'s checkpoint in a round directory (:func:`round_directory`)."""
-    return pathlib.Path(directory) / f"{node}.pt"
+    return as_path(directory) / f"{node}.pt"

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from rayagg.core.events import EventKind
 from rayagg.rundir.metrics import NodeMetrics, balanced_tier, imbalance, tier_means
+from rayagg.storage import StorePath, as_path
 
 ACCURACY_PLOT = "accuracy.png"
 
@@ -47,8 +48,24 @@ def plot_accuracy(records: list[NodeMetrics], tier_names: list[str], path: pathl
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
+
+
+def _save(fig, path) -> None:
+    """Writes the figure as PNG: to a local file as matplotlib does, to an object store as
+    one whole-object write."""
+    path = as_path(path)
+    if isinstance(path, StorePath):
+        import io
+
+        from rayagg.files import write_atomic
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        write_atomic(path, buffer.getvalue())
+    else:
+        fig.savefig(path, dpi=100)
 
 
 def _draw_imbalance(load_ax, edges: str, ratios: dict[int, float], events: Sequence) -> None:

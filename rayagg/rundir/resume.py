@@ -14,6 +14,7 @@ from rayagg.rundir.events import EVENTS_FILE, read_events
 from rayagg.files import file_sha256
 from rayagg.rundir.manifest import STATE_FILE, RunState
 from rayagg.rundir.metrics import METRICS_FILE, NodeMetrics, read_metrics
+from rayagg.storage import as_path
 
 if TYPE_CHECKING:  # plan imports torch; checking a config does not need it
     from rayagg.config import RunConfig
@@ -22,13 +23,15 @@ if TYPE_CHECKING:  # plan imports torch; checking a config does not need it
 
 def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     """Raises ConfigError unless ``given`` may continue a run made with ``stored``: only
-    training.rounds, the runtime, supervision and output sections, the autoencoder cache folder and
-    each tier's resources and nodes_per_actor may change (where nodes run, e.g. on another
-    cluster; everything else decides what the checkpoints mean)."""
+    training.rounds, the runtime, supervision and output sections, the autoencoder cache folder,
+    data.source and each tier's resources and nodes_per_actor may change (where nodes run and
+    how their data reaches them, e.g. on another cluster: both sources give the same shards;
+    everything else decides what the checkpoints mean)."""
     def fixed(config: "RunConfig") -> dict:
         raw = config.model_dump()
         raw["training"].pop("rounds")
         raw["autoencoder"].pop("cache_dir")
+        raw["data"].pop("source")
         for tier in raw["tree"]["tiers"]:
             tier.pop("resources")
             tier.pop("nodes_per_actor")
@@ -40,8 +43,8 @@ def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     changed = sorted(key for key in old if old[key] != new.get(key))
     if changed:
         raise ConfigError(f"CONFIG differs from the run's config.yaml in {', '.join(changed)}: a "
-                          "resumed run may change only training.rounds, runtime, supervision, output and the "
-                          "tiers' resources and nodes_per_actor")
+                          "resumed run may change only training.rounds, runtime, supervision, output, data.source "
+                          "and the tiers' resources and nodes_per_actor")
 
 
 def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:
@@ -51,7 +54,7 @@ def load_for_resume(run_dir: pathlib.Path, plan: "Plan") -> RunState:
     manifest; raises CheckpointError (or ConfigError) naming the file or the setting."""
     from rayagg.rundir import store  # imports torch, which reading a manifest does not need
 
-    run_dir = pathlib.Path(run_dir)
+    run_dir = as_path(run_dir)
     check_not_live(run_dir)
     state = RunState.load(run_dir)
     _check_tree_fits(state, plan, run_dir / STATE_FILE)
@@ -86,7 +89,7 @@ def verify_cut(state: RunState, run_dir: pathlib.Path, hash_up_to: float = math.
     (a manifest written before sizes were recorded has none) and, when the files together
     are at most ``hash_up_to`` bytes, its SHA-256. CheckpointError naming the first file
     that is missing, of another size or of another digest."""
-    run_dir = pathlib.Path(run_dir)
+    run_dir = as_path(run_dir)
     total = 0
     for relative in state.digests:
         path = run_dir / relative
@@ -134,7 +137,7 @@ def expected_bridge_counts(state: RunState, plan: "Plan") -> dict[str, int]:
 def earlier_records(run_dir: pathlib.Path, last_round: int) -> list[NodeMetrics]:
     """The metrics of rounds up to ``last_round`` (those a resume keeps); CheckpointError if
     metrics.parquet is corrupt or lacks one of those rounds."""
-    path = pathlib.Path(run_dir) / "metrics.parquet"
+    path = as_path(run_dir) / "metrics.parquet"
     if last_round == 0:
         return []
     records = [r for r in read_metrics(path) if r.round <= last_round]
@@ -150,7 +153,7 @@ def earlier_events(run_dir: pathlib.Path, state: Optional[RunState] = None) -> l
     records events in it. A run in which nothing happened has no events file; a manifest
     written before the count was recorded (``events`` None) cannot tell, and a missing
     file then reads as no events."""
-    run_dir = pathlib.Path(run_dir)
+    run_dir = as_path(run_dir)
     path = run_dir / EVENTS_FILE
     if state is None and (run_dir / STATE_FILE).is_file():
         state = RunState.load(run_dir)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from rayagg.files import read_parquet, write_parquet_atomic
 from rayagg.errors import CheckpointError
 from rayagg.learning.node import BridgeSamples
+from rayagg.storage import as_path
 
 FORMAT_VERSION = 1
 
@@ -31,12 +32,12 @@ _COLUMNS = {"device": pa.string(), "sample": pa.int64(), "label": pa.int64(), "c
 
 def store_path(run_dir: pathlib.Path, node: str) -> pathlib.Path:
     """Where ``node`` keeps its bridge samples within a run directory."""
-    return pathlib.Path(run_dir) / "bridge" / f"{node}.parquet"
+    return as_path(run_dir) / "bridge" / f"{node}.parquet"
 
 
 def joined_store_path(run_dir: pathlib.Path, round_index: int) -> pathlib.Path:
     """Where the bridge samples of devices that joined before ``round_index`` are kept."""
-    return pathlib.Path(run_dir) / "bridge" / f"joined-round-{round_index:04d}.parquet"
+    return as_path(run_dir) / "bridge" / f"joined-round-{round_index:04d}.parquet"
 
 
 def write_bridge_samples(samples: Iterable[BridgeSamples], path: pathlib.Path) -> int:
@@ -45,7 +46,7 @@ def write_bridge_samples(samples: Iterable[BridgeSamples], path: pathlib.Path) -
     Raises ValueError if there is nothing to store, if a device appears twice, if codes
     and labels disagree in length, or if the items do not share one code shape.
     """
-    path = pathlib.Path(path)
+    path = as_path(path)
     items = list(samples)
     if not items:
         raise ValueError(f"no bridge samples to store in {path}")
@@ -93,7 +94,7 @@ def read_bridge_samples(path: pathlib.Path, *, expected_counts: Optional[Mapping
     ``expected_counts`` is given and the devices or their counts differ, or if ``sha256``
     is given and the file's digest differs.
     """
-    path = pathlib.Path(path)
+    path = as_path(path)
 
     def fail(problem: str) -> CheckpointError:
         return CheckpointError(f"bridge-sample store {path}: {problem}")

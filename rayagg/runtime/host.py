@@ -7,9 +7,11 @@ parallel. The nodes of a host share what never changes: one torch, one frozen
 autoencoder, one test split. Each keeps its own model, optimizer, seed, local data,
 bridge samples and checkpoint.
 
-A host loads its data from its machine's disk and keeps only its leaves' shards and
-the test split, so raw images never cross an actor boundary; what does cross (bridge
-samples and logits) is recorded per node in a wire log the tests read.
+A host keeps only its leaves' shards and the test split. Under ``data.source: driver``
+the driver ships them at creation (uint8, through Ray's object store: the one time raw
+images cross an actor boundary); under ``local`` the host loads them from its machine's
+disk. What crosses afterwards (bridge samples and logits) is recorded per node in a wire
+log the tests read.
 """
 from __future__ import annotations
 
@@ -30,13 +32,15 @@ import torch
 
 from rayagg.core import packing
 from rayagg.core.schedule import CallTrace, Scores
-from rayagg.errors import NodeStoppedError
+from rayagg.errors import DataError, NodeStoppedError
 from rayagg.learning.averaging import Weights
 from rayagg.learning.node import BridgeSamples, LocalData, NodeState
-from rayagg.learning.plan import Plan, build_node, evaluation_split, frozen_autoencoder, load_data, local_data
+from rayagg.learning.plan import (Plan, RawImages, build_node, evaluation_split, frozen_autoencoder, load_data,
+                                  local_data)
 from rayagg.nodes import describe_nodes
 from rayagg.rundir import checkpoint
 from rayagg.rundir.directory import probe_run_dir
+from rayagg.storage import as_path
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,12 @@ class NodeHost:
 
     ``nodes`` are the nodes to build at once; the host can later ``add_node`` any node
     its layout gives it (a restart or re-join), and keeps those nodes' data for it.
+    ``test`` and ``shards`` (leaf -> its shard, for every leaf of the layout) are the
+    driver's under ``data.source: driver``, None under ``local``.
     """
 
-    def __init__(self, plan: Plan, name: str, nodes: list[str]):
+    def __init__(self, plan: Plan, name: str, nodes: list[str], test: Optional[RawImages] = None,
+                 shards: Optional[dict[str, RawImages]] = None):
         self._name = name
         self._plan = plan
         self._nodes: dict[str, NodeState] = {}
@@ -81,11 +88,12 @@ class NodeHost:
         # buried in the actor's log; kept here, ``ready`` raises it where the driver sees it.
         self._start_error: Optional[BaseException] = None
         try:
-            self._build(plan, nodes)
+            self._build(plan, nodes, test, shards)
         except Exception as exc:
             self._start_error = exc
 
-    def _build(self, plan: Plan, nodes: list[str]) -> None:
+    def _build(self, plan: Plan, nodes: list[str], test: Optional[RawImages],
+               shards: Optional[dict[str, RawImages]]) -> None:
         layout = next(h for h in packing.pack(plan.config) if h.name == self._name)
         resources = plan.tier(layout.nodes[0]).resources
         if resources.num_gpus == 0:
@@ -95,16 +103,25 @@ class NodeHost:
         torch.set_num_threads(torch_threads(resources.num_cpus * len(layout.nodes)))
         use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
         self._device = torch.device("cuda" if use_cuda else "cpu")
-        dataset = load_data(plan.config)
-        # Lean: keep the test split and this host's leaves' shards; the rest of the data
-        # set is freed when ``dataset`` goes out of scope.
-        self._test = evaluation_split(plan, dataset)
-        self._local: dict[str, LocalData] = {
-            node: local_data(plan, node, dataset) for node in layout.nodes if plan.is_leaf(node)}
-        del dataset
+        leaves = [node for node in layout.nodes if plan.is_leaf(node)]
+        self._test, self._local = self._data(plan, leaves, test, shards)
         self._frozen = frozen_autoencoder(plan)
         for node in nodes:
             self.add_node(node)
+
+    def _data(self, plan: Plan, leaves: list[str], test: Optional[RawImages],
+              shards: Optional[dict[str, RawImages]]) -> tuple[tuple[torch.Tensor, ...], dict[str, LocalData]]:
+        """(the test split as floats, leaf -> its LocalData) for ``leaves``: converted from what
+        the driver shipped, or read from this machine's copy under ``data.source: local``.
+        Raises DataError when the data set is missing here, or the driver shipped nothing."""
+        if plan.config.data.source == "local":
+            dataset = load_data(plan.config)
+            # Lean: keep the test split and this host's leaves' shards; the rest of the
+            # data set is freed when ``dataset`` goes out of scope.
+            return evaluation_split(plan, dataset), {leaf: local_data(plan, leaf, dataset) for leaf in leaves}
+        if test is None or shards is None:
+            raise DataError(f"host {self._name} was given no data (data.source: driver ships it at creation)")
+        return test.floats(), {leaf: shards[leaf].local() for leaf in leaves}
 
     # ------------------------------------------------------------ membership
 
@@ -254,16 +271,17 @@ class NodeHost:
 
     def save_checkpoint(self, node: str, path: str) -> str:
         """Writes ``node``'s model, optimizer and shuffling state to ``path`` on this host's
-        machine; returns the file's SHA-256 (for the run's manifest)."""
+        machine, or straight to the object store when ``path`` is a URI (opened with this
+        process's environment); returns the file's SHA-256 (for the run's manifest)."""
         started = _clocks()
-        digest = checkpoint.save(self._state(node).state_dict(), pathlib.Path(path))
+        digest = checkpoint.save(self._state(node).state_dict(), as_path(path))
         self._traced(node, "save_checkpoint", started, 0.0)
         return digest
 
     def load_checkpoint(self, node: str, path: str, sha256: Optional[str] = None) -> str:
         """Restores ``node``'s model, optimizer and shuffling state from ``path``
         (CheckpointError if it is missing, corrupt or not the file with ``sha256``)."""
-        self._state(node).load_state_dict(checkpoint.load(pathlib.Path(path), sha256))
+        self._state(node).load_state_dict(checkpoint.load(as_path(path), sha256))
         return path
 
     def wire_log(self, node: str) -> list[dict[str, Any]]:

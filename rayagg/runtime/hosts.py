@@ -8,17 +8,22 @@ forgotten by its host, whose other nodes carry on; a host left with no node is k
 which frees its resources (and lets an autoscaler remove an idle machine). The pool
 calls the run's fault hook (rayagg/runtime/faults.py) after each call it submits and
 after hosts start.
+
+Under ``data.source: driver`` the pool puts the test split into Ray's object store once
+and each host's shards (every leaf of its layout, elastic ones too) once, and holds those
+refs for the run: every host, restarted ones included, is created from the same objects.
 """
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import ray
 
 from rayagg.core import packing
 from rayagg.errors import NodeTimeoutError, RunDirError
-from rayagg.learning.plan import Plan
+from rayagg.learning.data import Dataset
+from rayagg.learning.plan import Plan, load_data, raw_shard, raw_test_split
 from rayagg.rundir.directory import end_probe, start_probe
 from rayagg.runtime.cluster import cluster_nodes
 from rayagg.runtime.faults import FaultAt, FaultHook, FaultPoint, no_faults
@@ -31,8 +36,9 @@ class HostPool:
     """Creates, revives and stops the host actors of one run, and routes calls to nodes."""
 
     def __init__(self, plan: Plan, namespace: str, *, heartbeat_interval_s: float, timeout_s: float,
-                 faults: FaultHook = no_faults):
+                 faults: FaultHook = no_faults, dataset: Optional[Dataset] = None):
         self._plan = plan
+        self._dataset = dataset  # the plan's data set, if the caller holds it (data.source: driver)
         self._namespace = namespace
         self._interval_s = heartbeat_interval_s
         self._timeout_s = timeout_s
@@ -43,12 +49,17 @@ class HostPool:
         self.carried: dict[str, set[str]] = {}  # host -> the nodes it runs now
         self.placement: dict[str, HostReport] = {}  # host -> where it runs (its ready() answer)
         self._plan_ref: Any = None
+        self._test_ref: Any = None  # data.source: driver: the test split, shared by every host
+        self._shard_refs: dict[str, Any] = {}  # host -> its leaves' shards (data.source: driver)
         self._supervisor: Any = None
+        self._run_dir: Any = None  # RUN_DIR once probed: hosts created later are probed too
 
     def start(self, nodes: Iterable[str], supervisor: Any) -> None:
         """Creates the hosts of ``nodes``, each building its nodes among them, and waits
         until every one runs and sends heartbeats to ``supervisor``."""
         self._plan_ref = ray.put(self._plan)
+        if self._plan.config.data.source == "driver":
+            self._ship_data()
         self._supervisor = supervisor
         wanted: dict[str, list[str]] = {}
         for node in nodes:
@@ -57,14 +68,17 @@ class HostPool:
             self._create(host, its_nodes)
         self._wait_started(list(wanted))
 
-    def probe_run_dir(self, run_dir: pathlib.Path) -> None:
-        """Raises RunDirError unless every host sees RUN_DIR as the driver does and can write
-        there: a run directory on one machine's own disk fails here, at start-up, rather
-        than at the first checkpoint of a node on another machine."""
+    def probe_run_dir(self, run_dir: pathlib.Path, hosts: Optional[Sequence[str]] = None) -> None:
+        """Raises RunDirError unless every host (or each of ``hosts``) sees RUN_DIR as the
+        driver does and can write there: a run directory on one machine's own disk, or a
+        store a machine cannot reach, fails here rather than at the first checkpoint of a
+        node on another machine. Hosts created later (restarts, re-joins, joining
+        devices: :meth:`revive`) are probed the same way before their nodes are restored."""
+        self._run_dir = run_dir
         token = start_probe(run_dir)
         try:
-            answers = await_all([Call(host, "probe_run_dir", handle.probe_run_dir.remote(str(run_dir), token))
-                                 for host, handle in self.handles.items()], self._timeout_s)
+            answers = await_all([Call(host, "probe_run_dir", self.handles[host].probe_run_dir.remote(str(run_dir), token))
+                                 for host in (list(self.handles) if hosts is None else hosts)], self._timeout_s)
         finally:
             end_probe(run_dir)
         problems = [answer for answer in answers if answer is not None]
@@ -72,7 +86,8 @@ class HostPool:
             raise RunDirError(f"{run_dir} is not usable from every machine of the run: "
                               f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}. On a "
                               "multi-machine cluster RUN_DIR must be shared storage mounted at the same "
-                              "path everywhere (choose it with --out or output.base_dir)")
+                              "path everywhere, or an s3:// or gs:// URI every machine reaches with its own "
+                              "environment's credentials (choose it with --out or output.base_dir)")
 
     def actor(self, node: str) -> Any:
         """The handle of the host running ``node``."""
@@ -139,11 +154,32 @@ class HostPool:
         await_all(adding, self._timeout_s)
         if creating:
             self._wait_started(list(creating))
+            if self._run_dir is not None:
+                self.probe_run_dir(self._run_dir, list(creating))
 
     def close(self) -> None:
         for handle in self.handles.values():
             kill(handle)
         self.handles, self.carried = {}, {}
+        self._test_ref, self._shard_refs = None, {}  # the driver's refs: freed with the run
+
+    def data_args(self, host: str) -> tuple[Any, ...]:
+        """What ``NodeHost`` takes after its nodes: the refs of the test split and of
+        ``host``'s shards under ``data.source: driver``; nothing under ``local``."""
+        if self._test_ref is None:
+            return ()
+        return self._test_ref, self._shard_refs[host]
+
+    def _ship_data(self) -> None:
+        """Puts the test split and each host's shards (uint8) into Ray's object store, one
+        object per host: the hosts never load the data set. Loads the data set here unless
+        the caller handed it over; raises DataError when it cannot be found."""
+        plan, dataset = self._plan, self._dataset or load_data(self._plan.config)
+        self._test_ref = ray.put(raw_test_split(plan, dataset))
+        self._shard_refs = {
+            host: ray.put({leaf: raw_shard(plan, leaf, dataset) for leaf in layout.nodes if plan.is_leaf(leaf)})
+            for host, layout in self.layout.items()}
+        self._dataset = None  # the objects hold what the hosts need
 
     def _create(self, host: str, nodes: list[str]) -> None:
         layout = self.layout[host]
@@ -151,7 +187,7 @@ class HostPool:
         handle = NodeHost.options(
             name=host, namespace=self._namespace, max_restarts=0,
             **actor_options(tier.resources, len(layout.nodes)),
-        ).remote(self._plan_ref, host, nodes)
+        ).remote(self._plan_ref, host, nodes, *self.data_args(host))
         self.handles[host], self.carried[host] = handle, set(nodes)
 
     def _wait_started(self, hosts: list[str]) -> None:

@@ -31,6 +31,8 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
+from rayagg.storage import is_uri
+
 LOGS_LINK = "ray-logs"  # RUN_DIR/ray-logs -> this machine's Ray session log directory
 NOTICES_FILE = "ray-notices.log"  # RUN_DIR/ray-notices.log: raylet notices a quiet run did not print
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -167,7 +169,10 @@ def keep_logs(run_dir: pathlib.Path) -> Optional[pathlib.Path]:
     on this machine (Ray Client, ray://), or RUN_DIR/ray-logs is not a link (left as is).
     A link rather than a copy: a tree's log directory holds 3 files per actor process
     and Ray keeps writing them until the end; linking costs nothing and never goes stale.
+    A run directory on an object store gets neither (no links there, no appends): None.
     """
+    if is_uri(run_dir):
+        return None
     run_dir = pathlib.Path(run_dir)
     logs = session_logs_dir()
     header = f"# {_now()} Ray session logs on {socket.gethostname()}: {logs or 'not on this machine'}"

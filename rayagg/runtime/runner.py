@@ -45,6 +45,7 @@ from rayagg.core import wire
 from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Step
 from rayagg.core.tree import Tree, training_leaves
 from rayagg.errors import RecoveryError
+from rayagg.learning.data import Dataset
 from rayagg.learning.plan import Plan, payloads
 from rayagg.methods import method_for
 from rayagg.observe import Observers
@@ -59,14 +60,17 @@ from rayagg.runtime.host import HostReport
 from rayagg.runtime.hosts import HostPool
 from rayagg.runtime.recovery import Recovery
 from rayagg.runtime.waiting import Call, Death, Settled, await_all, kill, settle
+from rayagg.storage import as_path
 
 
 class RayRunner:
     """Runs ``plan``'s tree on Ray; see the module docstring for the design. ``faults`` is
-    the fault-injection hook (rayagg/runtime/faults.py); tests and chaos runs only."""
+    the fault-injection hook (rayagg/runtime/faults.py); tests and chaos runs only.
+    ``dataset``, the data set the plan was made from, saves loading it again to ship the
+    hosts their data (``data.source: driver``); it is dropped once shipped."""
 
     def __init__(self, plan: Plan, *, address: Optional[str] = None, namespace: Optional[str] = None,
-                 verbose: bool = False, faults: FaultHook = no_faults):
+                 verbose: bool = False, faults: FaultHook = no_faults, dataset: Optional[Dataset] = None):
         self.plan = plan
         self.method = method_for(plan.config.method)
         self._payloads = payloads(plan)
@@ -79,7 +83,7 @@ class RayRunner:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.namespace = namespace or f"rayagg-{plan.config.name}-{stamp}-{os.getpid()}"
         self.hosts = HostPool(plan, self.namespace, heartbeat_interval_s=self._supervision.heartbeat_interval_s,
-                              timeout_s=self._runtime.startup_timeout_s, faults=faults)
+                              timeout_s=self._runtime.startup_timeout_s, faults=faults, dataset=dataset)
         self.bridge = BridgeRoutes(self._supervision.keep_dead_leaf_samples,
                                    carried=self.method.carries_bridge_samples)
         self._received: dict[str, list[str]] = {}  # node -> leaves whose samples reached it since the last round
@@ -137,7 +141,7 @@ class RayRunner:
         from there and restores every node that has a checkpoint. From here on the run's
         ``observers`` hear what happens, this runtime's own among them."""
         self.observers = observers if observers is not None else Observers()
-        self.run_dir = pathlib.Path(run_dir).resolve() if run_dir else None
+        self.run_dir = as_path(run_dir).resolve() if run_dir else None  # a path, or a URI (rayagg/storage.py)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)  # a runner may be started without the loop
         if resume is not None:

@@ -141,10 +141,11 @@ finally:
 
 
 def _run_on_ray(config: RunConfig, run_dir: pathlib.Path, address: Optional[str], echo) -> "HostTracer":
-    from rayagg.learning.plan import make_plan
+    from rayagg.learning.plan import load_data, make_plan
     from rayagg.loop import execute
 
-    runner = RayRunner(make_plan(config), address=address)
+    dataset = load_data(config)
+    runner = RayRunner(make_plan(config, dataset), address=address, dataset=dataset)
     tracer = HostTracer(runner)
     execute(runner, run_dir, observers=[Progress(lambda line: echo(f"  {line}")), tracer])
     return tracer

@@ -220,10 +220,11 @@ def _local_runner(config: RunConfig):
 
 
 def _ray_runner(config: RunConfig, address: Optional[str]):
-    from rayagg.learning.plan import make_plan
+    from rayagg.learning.plan import load_data, make_plan
     from rayagg.runtime.runner import RayRunner
 
-    return RayRunner(make_plan(config), address=address)
+    dataset = load_data(config)
+    return RayRunner(make_plan(config, dataset), address=address, dataset=dataset)
 
 
 # ------------------------------------------------------------------ one run's figures

@@ -2,9 +2,11 @@
 machine: tests/fake_autoscaler.py).
 
 Device hosts need a `device_slot` resource that only the autoscaled worker type has,
-one host per machine. Raising the device count makes the autoscaler add a machine for
-the new host; lowering it empties that host, which the runner stops, and the idle
-machine goes; the run trains throughout.
+one host per machine. Raising the device count asks the autoscaler for the new host's
+machine at once (rayagg/core/capacity.py), so it boots while the round in flight trains;
+lowering it empties that host, which the runner stops, the run's standing request
+shrinks, and the idle machine goes; the run trains throughout, and the request is
+withdrawn when it ends.
 
 The scenario runs in a fresh Python process (this file as a script): a process that
 has joined a cluster keeps that cluster's auth mode, so it could not start the token-
@@ -35,8 +37,14 @@ def test_device_machines_come_and_go_with_the_device_count(tiny_config, tiny_pla
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert seen["machines at start"] == 1
-    assert seen["devices by round"][:3] == [2, 4, 2]
+    assert seen["devices by round"][:4] == [2, 2, 4, 2]
+    # `rayagg scale` during round 2 asked for both device hosts' machines before it answered,
+    # and the second machine came up before round 2 was collected: no boundary waited for it.
+    assert seen["device hosts asked for while round 2 trains"] == 2
+    assert seen["rounds in flight when the machine came"] == [2]
     assert seen["machines after growing"] == 2
+    assert seen["device hosts asked for after shrinking"] == 1
+    assert seen["request after the run"] == []
     assert seen["hosts after shrinking"] == ["cloud-0", "device-host-0", "edge-host-0"]
     assert seen["rounds while machines went"] >= 1 and seen["machines at the end"] == 1
 
@@ -76,31 +84,62 @@ def scenario(out: pathlib.Path, cache_dir: str) -> dict:
             runner.start(out)  # device-host-0 waits for the first machine
             seen["machines at start"] = alive_worker_count("device_slot")
             train(runner, 1, seen)
-            rayagg.scale(out, devices=4)
-            train(runner, 2, seen)  # one more host, one more machine
+            begin(runner, 2)
+            rayagg.scale(out, devices=4)  # while round 2 trains
+            seen["device hosts asked for while round 2 trains"] = device_hosts_requested()
+            wait_for(lambda: alive_worker_count("device_slot") >= 2, 90, "the second device machine")
+            seen["rounds in flight when the machine came"] = runner.rounds_pending
+            finish(runner, seen)
+            train(runner, 3, seen)  # one more host, on the machine already up
             seen["machines after growing"] = alive_worker_count("device_slot")
             rayagg.scale(out, devices=2)
-            train(runner, 3, seen)  # device-host-1 emptied and stopped
+            train(runner, 4, seen)  # device-host-1 emptied and stopped
             seen["hosts after shrinking"] = sorted(runner.hosts.handles)
-            round_index, deadline = 3, time.monotonic() + 60
+            seen["device hosts asked for after shrinking"] = device_hosts_requested()
+            round_index, deadline = 4, time.monotonic() + 60
             while alive_worker_count("device_slot") > 1 and time.monotonic() < deadline:
                 round_index += 1  # the run trains while the idle machine goes
                 train(runner, round_index, seen)
-            seen["rounds while machines went"] = round_index - 3
+            seen["rounds while machines went"] = round_index - 4
             wait_for(lambda: alive_worker_count("device_slot") <= 1, 5, "the idle device machine to go")
             seen["machines at the end"] = alive_worker_count("device_slot")
         finally:
             runner.close()
+            seen["request after the run"] = standing_request()
             ray.shutdown()
     return seen
 
 
-def train(runner, round_index: int, seen: dict) -> None:
-    """One round with its membership change; records how many devices trained in it."""
+def begin(runner, round_index: int) -> None:
+    """A round boundary and the round's submission, without waiting for it."""
     runner.change_membership(runner.plan_membership(round_index))
     runner.submit_round(round_index)
+
+
+def finish(runner, seen: dict) -> None:
+    """Waits for the round in flight; records how many devices trained in it."""
     scores = runner.collect_round().scores
     seen["devices by round"].append(sum(n.startswith("device-") for n in scores))
+
+
+def train(runner, round_index: int, seen: dict) -> None:
+    """One round with its membership change; records how many devices trained in it."""
+    begin(runner, round_index)
+    finish(runner, seen)
+
+
+def standing_request():
+    """The cluster's standing ``request_resources`` bundles, as the (v1) autoscaler reads
+    them; None if none was ever made."""
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return None if raw is None else json.loads(raw)
+
+
+def device_hosts_requested() -> int:
+    return sum(1 for bundle in standing_request() or [] if "device_slot" in bundle)
 
 
 if __name__ == "__main__":

@@ -98,13 +98,18 @@ class Elastic(_Section):
     The data set is partitioned once into ``max_devices`` shards, one per possible device
     (``device-0`` .. ``device-<max-1>``); the tier's ``count`` devices are active at
     start. Joins and leaves happen at round boundaries, from ``rayagg scale`` requests,
-    the ``schedule`` or the ``churn`` model (one of the two at most).
+    the ``schedule`` or the ``churn`` model (one of the two at most). With
+    ``runtime.autoscaling``, ``request_resources`` asks the autoscaler for a scale-up's
+    machines as soon as it is known (a request, or a schedule step one round ahead), so
+    they boot while the round in flight trains (rayagg/core/capacity.py); false leaves
+    the autoscaler to see the new hosts only when they start at the round boundary.
     """
 
     min_devices: Int = Field(ge=1)
     max_devices: Int = Field(ge=1)
     schedule: list[ScheduleStep] = Field(default_factory=list)
     churn: Optional[Churn] = None
+    request_resources: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "Elastic":

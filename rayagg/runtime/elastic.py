@@ -6,6 +6,11 @@ Leavers stop (their hosts, if emptied, go, which lets an autoscaler release thei
 machines). A joining device is built on its host and encodes (new) or restores its
 checkpoint (returning) before the supervisor puts it in the tree, so a device that
 dies while joining never enters it; its samples then travel up like everyone's.
+
+A scale-up's machines are asked for before the boundary (rayagg/core/capacity.py): the
+supervisor asks when it accepts a ``rayagg scale`` request, and at each boundary this
+module plans the tree about to run plus the devices of a schedule step a round ahead,
+so the machines boot while the round in flight trains.
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from rayagg.core import membership
+from rayagg.core.capacity import Capacity, Demand, requests_capacity
 from rayagg.core.events import EventKind
 from rayagg.core.membership import Change, Members
 from rayagg.rundir import store
+from rayagg.runtime import capacity as autoscaler
 
 if TYPE_CHECKING:
     from rayagg.runtime.runner import RayRunner
@@ -28,6 +35,8 @@ class ElasticDevices:
     def __init__(self, runner: "RayRunner"):
         self._runner = runner
         self._target: Optional[int] = None
+        config = runner.plan.config
+        self._capacity = Capacity.of(config) if requests_capacity(config) else None
 
     def plan(self, round_index: int) -> Change:
         """Who joins and leaves before ``round_index``: a pending ``rayagg scale`` request,
@@ -40,9 +49,26 @@ class ElasticDevices:
         request = runner.recovery.take_request(round_index, runner.plan.config.training.rounds)
         change = membership.plan_change(elastic, self.members(), round_index, request, self._target)
         self._target = change.target
+        self._plan_capacity(round_index, change)  # before joining: machines boot meanwhile
         if change:
             runner.record_event(EventKind.MEMBERSHIP, "", change.describe(len(self.members().active)))
         return change
+
+    def _plan_capacity(self, round_index: int, change: Change) -> None:
+        """Asks for the tree that runs from ``round_index`` on, plus the devices of a
+        schedule step at the round after it (through the supervisor, the one caller)."""
+        if self._capacity is None:
+            return
+        runner = self._runner
+        ahead = round_index + 1
+        step = next((s.devices for s in runner.plan.config.tree.elastic.schedule if s.round == ahead), None)
+        step = step if ahead <= runner.plan.config.training.rounds else None
+        runner.recovery.plan_capacity(self._capacity.planned(runner.tree, runner.dead, change, step))
+
+    def release(self) -> None:
+        """Withdraws the run's standing request for machines (the run ends)."""
+        if self._capacity is not None:
+            autoscaler.request(Demand())
 
     def members(self) -> Members:
         return Members.of(self._runner.tree, self._runner.dead, self._runner.plan.shards)

@@ -61,6 +61,11 @@ class Recovery:
         """The pending ``rayagg scale`` request (a membership.Request), or None."""
         return self._ask(self.supervisor.take_request.remote(round_index, rounds))
 
+    def plan_capacity(self, nodes: frozenset[str]) -> None:
+        """Tells the supervisor which nodes run from this boundary on (and a round ahead),
+        for the autoscaler's standing request (rayagg/core/capacity.py)."""
+        self._ask(self.supervisor.plan_capacity.remote(nodes))
+
     def report(self, nodes: Iterable[str]) -> None:
         """Tells the supervisor that calls showed ``nodes`` dead (nodes outside the tree, a
         device still joining, are left out). Synchronous: an async actor may run calls out

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from rayagg.config import Resources, RunConfig
+from rayagg.core.capacity import MB, ray_request
 from rayagg.errors import ResourceError
-
-MB = 2**20
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,6 @@ class ClusterNode:
                  if not k.startswith("node:") and k != "object_store_memory"}
         labels = {k: v for k, v in self.labels.items() if not k.startswith("ray.io/")}
         return f"{self.address} {shown}" + (f" labels {labels}" if labels else "")
-
-
-def ray_request(resources: Resources, nodes: int = 1) -> dict[str, float]:
-    """What one actor carrying ``nodes`` nodes of a tier asks for, in Ray's names: the sum
-    of its nodes' requests, so packing never hides what the nodes use."""
-    request = {"CPU": resources.num_cpus * nodes, "GPU": resources.num_gpus * nodes,
-               **{name: amount * nodes for name, amount in resources.custom.items()}}
-    if resources.memory_mb is not None:
-        request["memory"] = float(resources.memory_mb * nodes * MB)
-    return {name: amount for name, amount in request.items() if amount > 0}
 
 
 def actor_options(resources: Resources, nodes: int = 1) -> dict[str, Any]:

@@ -166,10 +166,12 @@ class RayRunner:
             self._received = {}  # reloaded from the run's store: no new traffic of the tree's
 
     def close(self) -> None:
-        """Kills the hosts and the supervisor, and stops Ray if this runner started it."""
+        """Kills the hosts and the supervisor, withdraws the run's request for machines, and
+        stops Ray if this runner started it."""
         self.hosts.close()
         if self.recovery is not None:
             kill(self.recovery.supervisor)
+            self.elastic.release()
         if self._started_ray:
             ray.shutdown()
 

@@ -20,6 +20,7 @@ import ray
 from rayagg.config import RunConfig
 from rayagg.core.actions import FailurePolicy
 from rayagg.core.balance import policy_for
+from rayagg.core.capacity import Capacity, requests_capacity
 from rayagg.observe import RunObserver
 from rayagg.rundir import store
 from rayagg.rundir.manifest import RunState
@@ -57,7 +58,8 @@ def create_supervisor(runner: "RayRunner") -> Any:
         name="supervisor", namespace=runner.namespace, scheduling_strategy=on_driver_node(),
     ).remote(tree, FailurePolicy.of(plan.config.supervision), policy_for(plan.config.balance), load,
              plan.label_counts, dead=dead, left=left, elastic=plan.config.tree.elastic,
-             round_index=runner.round_index, run=run_tag(runner))
+             round_index=runner.round_index, run=run_tag(runner),
+             capacity=Capacity.of(plan.config) if requests_capacity(plan.config) else None)
 
 
 def runtime_observers(runner: "RayRunner") -> list[RunObserver]:

@@ -4,7 +4,10 @@ executes the actions, so every ``ray.kill`` and actor creation has one owner.
 
 It is also the run's control point: ``rayagg scale`` finds it by name (``supervisor`` in
 the run's namespace) and leaves a request that the runner takes at the next round
-boundary (rayagg/core/membership.py).
+boundary (rayagg/core/membership.py). With ``capacity``, it asks the autoscaler for the
+request's machines before it answers and, while the run lives, is the one caller of
+``request_resources`` (each call replaces the last): the runner hands it each boundary's
+plan rather than asking itself (rayagg/core/capacity.py).
 
 It is an async actor with ``num_cpus=0``, placed on the driver's Ray node (it shares the
 driver's fate, not a worker machine's): heartbeats never queue behind anything, and
@@ -22,9 +25,11 @@ from rayagg.config import Elastic
 from rayagg.core import supervision
 from rayagg.core.actions import Decision, FailurePolicy, NoSurvivorError
 from rayagg.core.balance import BalancingPolicy
+from rayagg.core.capacity import Capacity
 from rayagg.core.membership import Request, ScaleReply
 from rayagg.core.supervision import SupervisorState
 from rayagg.core.tree import Tree
+from rayagg.runtime import capacity as autoscaler
 from rayagg.runtime.telemetry import RunTelemetry
 
 
@@ -35,13 +40,15 @@ class SupervisorActor:
     def __init__(self, tree: Tree, policy: FailurePolicy, balancing: BalancingPolicy, load: Mapping[str, int],
                  labels: Mapping[str, tuple[int, ...]], *, dead: frozenset[str] = frozenset(),
                  left: frozenset[str] = frozenset(), elastic: Optional[Elastic] = None, round_index: int = 0,
-                 run: str = ""):
+                 run: str = "", capacity: Optional[Capacity] = None):
         state = SupervisorState.start(tree, time.monotonic(), policy=policy, load=load, balancing=balancing,
                                       labels=labels)
         self._state = dataclasses.replace(state, dead=frozenset(dead), left=frozenset(left))
         self._elastic = elastic
         self._request: Optional[Request] = None
         self._round, self._rounds = round_index, 0  # the round in flight (or done) and the run's last
+        self._capacity = capacity  # None: the autoscaler is not asked ahead
+        self._planned = frozenset(n for n in tree.nodes if n not in self._state.dead)  # the runner's last plan
         # Heartbeat ages and deaths on Ray's metrics endpoint, from a thread every few seconds.
         self._telemetry = RunTelemetry(run)
         self._telemetry.watch_heartbeats(lambda: self._state)
@@ -117,8 +124,9 @@ class SupervisorActor:
                      f"removing {remove} devices from {base} would leave {target}")
             return _refused(f"{asked}; the range is [{low}, {high}]")
         self._request = Request(target, time.time())
+        asked = "; their machines are asked for now" if self._ask_capacity() and target > active else ""
         return ScaleReply(True, f"{active} devices active now; {target} from the start of round "
-                                f"{self._round + 1} (changes wait for a round boundary)")
+                                f"{self._round + 1} (changes wait for a round boundary{asked})")
 
     async def take_request(self, round_index: int, rounds: int) -> Optional[Request]:
         """The runner, at the boundary before ``round_index`` of ``rounds``: the pending
@@ -126,6 +134,22 @@ class SupervisorActor:
         self._round, self._rounds = round_index, rounds
         request, self._request = self._request, None
         return request
+
+    async def plan_capacity(self, nodes: frozenset[str]) -> None:
+        """The runner, at a round boundary: the nodes that run from now (and a schedule
+        step's a round ahead); asks the autoscaler for them and a pending request's."""
+        self._planned = frozenset(nodes)
+        self._ask_capacity()
+
+    def _ask_capacity(self) -> bool:
+        """Makes the runner's plan plus the pending request's devices the cluster's standing
+        request; returns whether one was made."""
+        if self._capacity is None:
+            return False
+        nodes = self._planned
+        if self._request is not None:
+            nodes |= self._capacity.requested(self._state.tree, self._state.dead, self._request.devices)
+        return autoscaler.request(self._capacity.demand(nodes))
 
     def _active(self) -> int:
         tree = self._state.tree

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional, Sequence
 import ray
 
 from rayagg.core import packing
-from rayagg.errors import NodeTimeoutError, RunDirError
+from rayagg.errors import NodeDiedError, NodeTimeoutError, RunDirError
 from rayagg.learning.data import Dataset
 from rayagg.learning.plan import Plan, load_data, raw_shard, raw_test_split
 from rayagg.rundir.directory import end_probe, start_probe
@@ -77,8 +77,9 @@ class HostPool:
         self._run_dir = run_dir
         token = start_probe(run_dir)
         try:
-            answers = await_all([Call(host, "probe_run_dir", self.handles[host].probe_run_dir.remote(str(run_dir), token))
-                                 for host in (list(self.handles) if hosts is None else hosts)], self._timeout_s)
+            calls = [Call(host, "probe_run_dir", self.handles[host].probe_run_dir.remote(str(run_dir), token))
+                     for host in (list(self.handles) if hosts is None else hosts)]
+            answers = await_all(calls, self._timeout_s) if hosts is None else self._survivors_answers(calls)
         finally:
             end_probe(run_dir)
         problems = [answer for answer in answers if answer is not None]
@@ -88,6 +89,18 @@ class HostPool:
                               "multi-machine cluster RUN_DIR must be shared storage mounted at the same "
                               "path everywhere, or an s3:// or gs:// URI every machine reaches with its own "
                               "environment's credentials (choose it with --out or output.base_dir)")
+
+    def _survivors_answers(self, calls: list[Call]) -> list[Any]:
+        """The probe answers of hosts created mid-run, leaving out any that died meanwhile:
+        a host lost right after it started is a death like any other, found by its nodes'
+        next calls and handled by the caller's recovery, not a reason to fail the run."""
+        answers = []
+        for call in calls:  # all submitted already: they run at once, each waited for in turn
+            try:
+                answers += await_all([call], self._timeout_s)
+            except NodeDiedError:
+                pass
+        return answers
 
     def actor(self, node: str) -> Any:
         """The handle of the host running ``node``."""

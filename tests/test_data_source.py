@@ -1,28 +1,23 @@
 """Where the hosts get their data (``data.source``): the key's validation and `rayagg check`'s
 line; the driver's raw shards and test split, after a trip through pickling as Ray makes it,
-equal bit for bit what a host reading its own copy computes; and, on an emulated second
-machine whose hosts cannot find the data set, a ``driver`` run that completes with the
-in-process driver's metrics. Only that last test starts Ray."""
+equal bit for bit what a host reading its own copy computes; a resume may switch sources.
+The Ray run on a machine with no data set is in tests/test_object_store.py (its RUN_DIR is
+on s3:// too). No test here starts Ray."""
 import pickle
 import warnings
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import packed
 
 from rayagg.cli import main
 from rayagg.config import parse_config
-from rayagg.errors import ConfigError, DataError
+from rayagg.errors import ConfigError
 from rayagg.learning import data
-from rayagg.learning.plan import Plan, data_split, evaluation_split, load_data, local_data, raw_shard, raw_test_split
+from rayagg.learning.plan import Plan, data_split, evaluation_split, local_data, raw_shard, raw_test_split
 from rayagg.learning.plan import test_subset as draw_test_subset  # a test_ name pytest would collect
-
-MB = 2**20
-
 
 def config_dict(**data_section) -> dict:
     return {"name": "source", "tree": {"tiers": [
@@ -120,48 +115,6 @@ def test_the_shipped_test_split_is_bit_for_bit_what_a_host_reads(fake_dataset):
     assert torch.equal(images, data.to_float(fake_dataset.test_images[index]))
     assert torch.equal(labels, fake_dataset.test_labels[index])
     assert len(labels) == 10
-
-
-# ------------------------------------------------------------------ on Ray
-
-@pytest.fixture
-def two_machines():
-    """A head for the driver (no CPUs: no host runs there) and a second "machine" for the hosts."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * MB})
-    machine = cluster.add_node(num_cpus=2, object_store_memory=100 * MB)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    yield cluster, machine
-    ray.shutdown()
-    cluster.shutdown()
-
-
-@pytest.mark.ray
-def test_hosts_run_where_the_data_set_is_not(two_machines, tiny_config, tiny_plan, tiny_dataset, local_run,
-                                             tmp_path):
-    """The config's data.root is an empty folder, so a host that looked for the data set would
-    fail (as data.source: local does); the driver holds the data set it made the plan from,
-    ships it, and the run matches the in-process driver's."""
-    from rayagg.loop import execute
-    from rayagg.runtime.runner import RayRunner
-
-    cluster, machine = two_machines
-    empty = tmp_path / "no-data-here"
-    empty.mkdir()
-    # One round is enough to compare; packed hosts (3 processes, not 7) start sooner.
-    config = packed(tiny_config.with_changes(data={"root": str(empty)}, training={"rounds": 1}), edge=2, device=4)
-    with pytest.raises(DataError):
-        load_data(config)  # what every host would do under data.source: local
-    runner = RayRunner(replace(tiny_plan, config=config), dataset=tiny_dataset)
-    records = execute(runner, tmp_path / "run")
-    assert {report.ray_node_id for report in runner.placement.values()} == {machine.node_id}
-    local_records, _, _ = local_run
-    scores = lambda rows: {(r.round, r.node): (r.accuracy, r.loss) for r in rows if r.round == 1}
-    assert len(scores(records)) == len(tiny_plan.tree.nodes)
-    assert scores(records) == scores(local_records)  # the same data, so the same numbers
 
 
 def test_a_resume_may_change_the_data_source_but_not_the_data():

@@ -7,8 +7,9 @@ run-directory checks and the start-up probe on s3://; the tiny tree in process w
 on s3://, equal to the same run on a local path; a stop then a resume from s3:// equal to
 the uninterrupted run; a flipped byte and a missing object refused naming the object; the
 server stopped mid-run (a clear error in seconds, the last complete cut intact) and a
-server that never answers (an error within the timeouts). One Ray run on s3://, equal to
-the in-process run on a local path.
+server that never answers (an error within the timeouts). On Ray, an emulated second
+machine with neither the data set nor RUN_DIR (on s3://) running every host, equal to the
+in-process run on a local path.
 """
 import logging
 import socket
@@ -35,6 +36,7 @@ from rayagg.storage import StorePath, as_path
 from test_resume import CASES, StopAt, measured
 
 BUCKET = "rayagg-test"
+MB = 2**20
 
 
 def free_port() -> int:
@@ -297,20 +299,52 @@ def test_the_server_stopped_mid_run_is_a_clear_error_and_the_last_cut_stays(s3, 
 
 # ---- on Ray ----
 
+@pytest.fixture
+def two_machines(s3):
+    """An emulated two-machine cluster, started after ``s3`` so that its workers inherit the
+    store's environment: a head for the driver (no CPUs: no host runs there) and a second
+    "machine" for every host."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * MB})
+    machine = cluster.add_node(num_cpus=2, object_store_memory=100 * MB)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    yield machine
+    ray.shutdown()
+    cluster.shutdown()
+
+
 @pytest.mark.ray
-def test_a_ray_run_on_s3_equals_the_in_process_run(s3, request, tiny_config, tiny_dataset, local_run):
-    """The tiny tree on a local Ray (edges and devices packed: 3 host processes) with RUN_DIR
-    on s3://: the hosts probe the store and write their checkpoints to it, the driver the
-    rest; the run equals the in-process one on a local path."""
-    request.getfixturevalue("ray_session")  # after s3: the workers inherit its environment
+def test_a_machine_with_neither_the_data_set_nor_run_dir_runs_its_hosts(two_machines, tiny_config, tiny_plan,
+                                                                         tiny_dataset, local_run, tmp_path):
+    """Every host on the second machine, RUN_DIR on s3:// and data.root an empty folder (a
+    host that looked for the data set would fail, as data.source: local does): the hosts
+    get their shards from the driver, probe the store and write their checkpoints to it,
+    the driver the rest; the run equals the in-process driver's on a local path."""
+    from dataclasses import replace
+
     from conftest import packed
+    from rayagg.errors import DataError
+    from rayagg.learning.plan import load_data
     from rayagg.runtime.runner import RayRunner
 
-    plan = make_plan(packed(tiny_config, edge=2, device=4), tiny_dataset)
-    out = as_path(f"s3://{BUCKET}/ray-run")
-    records = execute(RayRunner(plan), out)
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    # One round is enough to compare; packed hosts (3 processes, not 7) start sooner.
+    config = packed(tiny_config.with_changes(data={"root": str(empty)}, training={"rounds": 1}), edge=2, device=4)
+    with pytest.raises(DataError):
+        load_data(config)  # what every host would do under data.source: local
+    runner = RayRunner(replace(tiny_plan, config=config), dataset=tiny_dataset)
+    out = as_path(f"s3://{BUCKET}/two-machines")
+    records = execute(runner, out)
+    assert {report.ray_node_id for report in runner.placement.values()} == {two_machines.node_id}
     local_records, _, _ = local_run
-    assert measured(records) == measured(local_records)
+    scores = lambda rows: {(r.round, r.node): (r.accuracy, r.loss) for r in rows if r.round == 1}
+    assert len(scores(records)) == len(tiny_plan.tree.nodes)
+    assert scores(records) == scores(local_records)  # the same data, so the same numbers
     state = RunState.load(out)
-    assert state.round == 2 and set(state.checkpoints) == set(plan.tree.nodes) and verify_cut(state, out).hashed
-    assert (out / "bridge" / f"{plan.tree.root}.parquet").is_file() and not (out / "live.json").exists()
+    assert state.round == 1 and set(state.checkpoints) == set(tiny_plan.tree.nodes)
+    assert verify_cut(state, out).hashed
+    assert (out / "bridge" / f"{tiny_plan.tree.root}.parquet").is_file() and not (out / "live.json").exists()

@@ -167,9 +167,10 @@ def test_an_actor_that_fails_to_start_reports_its_own_exception(ray_session, tin
 
 def test_bench_runs_both_drivers_and_explains_the_round(ray_session, quick_config, tmp_path):
     config_path, out, figures = tmp_path / "quick.yaml", tmp_path / "bench", tmp_path / "bench.json"
+    trace_file = tmp_path / "trace.json"
     config_path.write_text(packed(quick_config, edge=2, device=4).to_yaml())  # 3 processes
     result = CliRunner().invoke(main, ["bench", str(config_path), "--rounds", "2", "--json", str(figures),
-                                       "--out", str(out)])
+                                       "--out", str(out), "--trace", str(trace_file)])
     assert result.exit_code == 0, result.output
     r = json.loads(figures.read_text())
     ray_records = read_metrics(out / "ray" / "metrics.parquet")
@@ -195,3 +196,24 @@ def test_bench_runs_both_drivers_and_explains_the_round(ray_session, quick_confi
     assert r["samples_per_second"] == pytest.approx(2 * trained_per_round / (2 * r["seconds_per_round"]))
     assert 0 <= r["max_accuracy_difference"] <= 1
     assert f"ratio {r['ratio']:.2f}" in result.output and "critical path" in result.output
+    # --trace: a track per host (3) and node (7), under "critical path"; a slice per traced
+    # call: per round, a logits and a learn on each side of the 6 (child, parent) pairs and
+    # an evaluate of each scored node; the critical path's copies add up to the path.
+    trace = json.loads(trace_file.read_text())
+    assert r["trace_file"] == str(trace_file) and "rayagg: trace in" in result.output
+    meta = [e for e in trace["traceEvents"] if e["ph"] == "M"]
+    processes = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in meta if e["name"] == "thread_name"}
+    assert len(processes) == 4 and sorted(threads.values()) == sorted(["critical path", *{x.node for x in ray_records}])
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert all(e["ts"] >= 0 and e["dur"] >= 0 and (e["pid"], e["tid"]) in threads for e in slices)
+    calls = [e for e in slices if e["cat"] != "critical"]
+    assert all(threads[e["pid"], e["tid"]] == e["args"]["node"] for e in calls)
+    for number in (1, 2):
+        of_round = [e for e in calls if e["args"]["round"] == number]
+        assert sum(e["name"] == "logits" for e in of_round) == sum(e["name"] == "learn" for e in of_round) == 12
+        assert sorted(e["args"]["node"] for e in of_round if e["name"] == "evaluate") == sorted(
+            x.node for x in ray_records if x.round == number)
+    copies = [e for e in slices if e["cat"] == "critical"]
+    assert len(copies) == sum(e["args"]["critical"] for e in calls) > 0
+    assert sum(e["dur"] for e in copies) / 1e6 == pytest.approx(2 * r["critical_path_s"], rel=1e-4)

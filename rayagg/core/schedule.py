@@ -99,23 +99,27 @@ def closing_steps(nodes: Sequence[str], save: bool, scored: Callable[[str], bool
 @dataclass(frozen=True)
 class CallTrace:
     """One traced call as a host recorded it (``rayagg bench``): which call, its seconds
-    in the actor, of them torch work, and the CPU seconds its process used."""
+    in the actor, of them torch work, the CPU seconds its process used, and when it
+    started (``time.time()`` on the host's machine; 0.0 when not recorded)."""
 
     call: str
     seconds: float
     torch_s: float
     cpu_s: float
+    started: float = 0.0
 
 
 @dataclass(frozen=True)
 class Timing:
     """A step as measured inside its actor: its seconds, of them the torch work (the rest
     is copying arguments and results in and out of the actor), and the CPU seconds its
-    thread used (less than ``seconds`` when other processes shared the cores)."""
+    thread used (less than ``seconds`` when other processes shared the cores), and when it
+    started (its host machine's ``time.time()``; 0.0 when not recorded; for traces only)."""
 
     seconds: float
     torch_s: float
     cpu_s: float = 0.0
+    started: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ def match_timings(rounds: Sequence[Sequence[Step]],
                 raise ValueError(f"{step.node}: step {at + 1} should be {step.call}, the trace has {found}")
             cursor[step.node] = at + 1
             record = records[at]
-            timed.append(Timing(record.seconds, record.torch_s, record.cpu_s))
+            timed.append(Timing(record.seconds, record.torch_s, record.cpu_s, record.started))
         matched.append(timed)
     extra = {node: len(records) - cursor.get(node, 0) for node, records in traces.items()
              if len(records) > cursor.get(node, 0)}

@@ -304,10 +304,13 @@ class NodeHost:
     # ------------------------------------------------------------ helpers
 
     def _traced(self, node: str, call: str, started: tuple[float, float], torch_s: float) -> None:
-        """``started``: :func:`_clocks` when the call began."""
+        """``started``: :func:`_clocks` when the call began. The start is also kept as this
+        machine's ``time.time()`` (now less the call's seconds), for ``rayagg bench --trace``."""
         if self._trace is not None:
             wall, cpu = _clocks()
-            self._trace.setdefault(node, []).append(CallTrace(call, wall - started[0], torch_s, cpu - started[1]))
+            seconds = wall - started[0]
+            self._trace.setdefault(node, []).append(
+                CallTrace(call, seconds, torch_s, cpu - started[1], time.time() - seconds))
 
     def _state(self, node: str) -> NodeState:
         if node in self._stopped:

@@ -18,6 +18,9 @@ chain of calls that must run one after another. It reports:
   sums every host's peak RSS and the driver's), and the GFLOP/s achieved (conv and
   matmul FLOPs counted by torch's FlopCounterMode per model, times the samples each
   call handled) against this machine's measured matrix-multiply GFLOP/s.
+
+With ``trace``, it also writes the Ray run's calls as a Chrome/Perfetto trace
+(rayagg/tools/trace.py): a track per host and node, the critical path marked.
 """
 from __future__ import annotations
 
@@ -66,12 +69,14 @@ class BenchResult:
     max_accuracy_difference: float  # between the runs, over every node and round
     critical_path_by_node: dict[str, dict[str, float]] = field(default_factory=dict)
     run_dir: str = ""
+    trace_file: str = ""  # with --trace: the Chrome/Perfetto trace of the Ray run
 
 
 def bench(config: RunConfig, out: pathlib.Path, *, address: Optional[str] = None,
-          echo: Callable[[str], None] = print) -> BenchResult:
+          echo: Callable[[str], None] = print, trace: Optional[pathlib.Path] = None) -> BenchResult:
     """Runs ``config`` on Ray (joined at ``address`` or started), then in-process, writing
-    both run directories under ``out`` (``ray``, ``local``); returns the figures."""
+    both run directories under ``out`` (``ray``, ``local``); returns the figures. With
+    ``trace``, writes the Ray run's trace there (rayagg/tools/trace.py)."""
     from rayagg.rundir.directory import check_new_run_dir
 
     for name in ("local", "ray"):
@@ -83,7 +88,7 @@ def bench(config: RunConfig, out: pathlib.Path, *, address: Optional[str] = None
     tracer = _run_on_ray(config, out / "ray", address, echo)
     echo(f"rayagg: bench: in-process -> {out / 'local'}")
     local_peak = _run_in_process(config, out)
-    return _figures(config, out, tracer, machine, local_peak)
+    return _figures(config, out, tracer, machine, local_peak, trace)
 
 
 def machine_gflops(size: int = MATMUL_SIZE, repeats: int = 10) -> float:
@@ -160,6 +165,7 @@ class HostTracer(RunObserver):
     def __init__(self, runner: RayRunner):
         self.runner = runner
         self.steps: list[list[Step]] = []
+        self.round_numbers: list[int] = []  # of self.steps
         self.traces: dict[str, list[CallTrace]] = {}
         self.hosts_peak_rss = 0
         self.cpus = 1  # the cluster's, read before closing
@@ -174,6 +180,7 @@ class HostTracer(RunObserver):
         if attempt > 1:
             raise RayaggError(f"bench: round {round_index} lost a node; a bench needs a run without failures")
         self.steps.append(list(steps))
+        self.round_numbers.append(round_index)
 
     def run_finished(self, outcome: RunOutcome) -> None:
         handles = list(self.runner.hosts.handles.values())
@@ -187,7 +194,7 @@ class HostTracer(RunObserver):
 
 
 def _figures(config: RunConfig, out: pathlib.Path, tracer: HostTracer, machine: float,
-             local_peak: int) -> BenchResult:
+             local_peak: int, trace: Optional[pathlib.Path] = None) -> BenchResult:
     ray_records = read_metrics(out / "ray" / METRICS_FILE)
     local_records = read_metrics(out / "local" / METRICS_FILE)
     ray_round_s = _round_seconds(ray_records)
@@ -197,6 +204,10 @@ def _figures(config: RunConfig, out: pathlib.Path, tracer: HostTracer, machine: 
     except ValueError as exc:
         raise RayaggError(f"bench: the hosts' traces do not fit the rounds submitted: {exc}") from exc
     path = critical_path(tracer.steps, timings, tracer.host_of.__getitem__)
+    if trace is not None:
+        from rayagg.tools.trace import write_trace
+
+        write_trace(trace, tracer.steps, timings, tracer.host_of, path, tracer.round_numbers, name=config.name)
     rounds = len(ray_round_s)
     cpu_s = sum(timing.cpu_s for measured in timings for timing in measured)
     samples, flops = _work(tracer.runner.plan, tracer.steps)
@@ -211,7 +222,7 @@ def _figures(config: RunConfig, out: pathlib.Path, tracer: HostTracer, machine: 
         tracer.hosts_peak_rss + driver_peak, local_peak,
         samples / wall, flops / wall / 1e9, machine, tracer.cpus,
         max(abs(ray_acc[key] - local_acc.get(key, 0.0)) for key in ray_acc),
-        _by_node(path, tracer.steps, timings), str(out))
+        _by_node(path, tracer.steps, timings), str(out), str(trace or ""))
 
 
 def _round_seconds(records) -> dict[int, float]:

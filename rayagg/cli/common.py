@@ -13,6 +13,44 @@ from rayagg.config import RunConfig
 from rayagg.errors import RayaggError
 
 
+SET_HELP = ("Set a config value, as if edited in the file: KEY a dotted path (an integer part indexes "
+            "a list, e.g. tree.tiers.2.count), VALUE read as YAML (0.01, true, null, [1, 2]). "
+            "Repeatable; a later one wins. Validated as the file is (docs/config.md).")
+
+
+def set_option(help: str = SET_HELP):
+    """``--set KEY=VALUE`` (repeatable), passed to the command as ``overrides`` (a tuple)."""
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=help)
+
+
+def json_option(what: str):
+    """``--json``: the command prints one JSON document to stdout (docs/running.md,
+    "Machine-readable output"), passed to the command as ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help=f"Print {what} as one JSON document on stdout instead of text "
+                             "(keys in docs/running.md, \"Machine-readable output\").")
+
+
+def echo_json(document) -> None:
+    """Prints ``document`` as strict JSON, keys in the order given, on stdout: a NaN or
+    infinite number (an accuracy never measured) as null, a numpy number as its value."""
+    import json
+    import math
+
+    def strict(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: strict(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(item) for item in value]
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+            return strict(value.item())
+        return value
+
+    click.echo(json.dumps(strict(document), indent=2, allow_nan=False))
+
+
 class user_errors:
     """Turns a RayaggError into a one-line message and exit code 2, no traceback."""
 

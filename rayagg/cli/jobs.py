@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from rayagg.cli.common import stamp, user_errors
+from rayagg.cli.common import echo_json, json_option, set_option, stamp, user_errors
 
 ADDRESS_HELP = ("The head's job server (dashboard), e.g. http://HEAD:8265; default $RAY_API_SERVER_ADDRESS, "
                 "an http $RAY_ADDRESS, else http://127.0.0.1:8265.")
@@ -26,7 +26,13 @@ def _address_option(command):
                    "cluster.")
 @click.option("--resume", "resume_dir", default=None, metavar="RUN_DIR",
               help="Continue the run in RUN_DIR (on the cluster) after its last checkpoint, with its config.")
-@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Override training.rounds.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Override training.rounds (after any --set).")
+@set_option(help="Set a config value, as if edited in CONFIG (with --resume: in the run's config, which "
+                 "may then change only what a resume may): KEY a dotted path (an integer part indexes a "
+                 "list, e.g. tree.tiers.2.count), VALUE read as YAML (0.01, true, null, [1, 2]). "
+                 "Repeatable; a later one wins. The changed config is validated here and travels with "
+                 "the job (docs/config.md).")
 @click.option("--wait", is_flag=True, help="Stream the job's logs and exit with its status (0 only if it "
                                            "SUCCEEDED; else the run's exit code: 2 an error, 143 stopped).")
 @click.option("--working-dir", default=None, type=click.Path(file_okay=False, exists=True),
@@ -35,8 +41,8 @@ def _address_option(command):
 @click.option("--pip", multiple=True, metavar="PKG", help="pip package(s) for the job's environment (repeat).")
 @click.option("--verbose", is_flag=True, help="The job shows Ray's own log lines too (`rayagg run --verbose`).")
 def submit(config_path: Optional[str], address: Optional[str], out_dir: Optional[str],
-           resume_dir: Optional[str], rounds: Optional[int], wait: bool, working_dir: Optional[str],
-           pip: tuple[str, ...], verbose: bool) -> None:
+           resume_dir: Optional[str], rounds: Optional[int], overrides: tuple[str, ...], wait: bool,
+           working_dir: Optional[str], pip: tuple[str, ...], verbose: bool) -> None:
     """Submit a run of CONFIG to a Ray cluster as a Ray Job and print its id.
 
     The config (validated here) travels with the job; its entrypoint is `python -m rayagg
@@ -45,7 +51,7 @@ def submit(config_path: Optional[str], address: Optional[str], out_dir: Optional
     `rayagg jobs logs JOB` and, on a machine that mounts RUN_DIR, `rayagg status RUN_DIR --watch`.
     """
     from rayagg.client import jobs
-    from rayagg.config import load_config
+    from rayagg.config import load_config, parse_override
 
     with user_errors():
         if (config_path is None) == (resume_dir is None):
@@ -54,13 +60,16 @@ def submit(config_path: Optional[str], address: Optional[str], out_dir: Optional
             raise click.UsageError("--resume continues RUN_DIR in place: it takes no --out")
         if resume_dir is not None:
             config, run_dir = None, jobs.cluster_path(resume_dir, "--resume")
+            for setting in overrides:  # checked here; the run's config is on the cluster
+                parse_override(setting)
         else:
-            config = load_config(config_path)
+            config = load_config(config_path, overrides)
             if rounds is not None:
                 config = config.with_rounds(rounds)
             run_dir = jobs.cluster_run_dir(config, out_dir, stamp())
         job = jobs.submission(config, run_dir, resume=resume_dir is not None, rounds=rounds,
-                              working_dir=working_dir, pip=pip, verbose=verbose)
+                              working_dir=working_dir, pip=pip, verbose=verbose,
+                              overrides=overrides if resume_dir is not None else ())
         address = address or jobs.default_address()
         client = jobs.connect(address)
         job_id = jobs.submit(client, job)
@@ -89,13 +98,17 @@ def jobs_group() -> None:
 @jobs_group.command("list")
 @_address_option
 @click.option("--all", "every", is_flag=True, help="Every job of the cluster, not only rayagg's.")
-def list_jobs(address: Optional[str], every: bool) -> None:
+@json_option("the jobs")
+def list_jobs(address: Optional[str], every: bool, as_json: bool) -> None:
     """One line per job: id, status, start time, run directory and message."""
     from rayagg.client import jobs
 
     with user_errors():
         client = jobs.connect(address or jobs.default_address())
         found = jobs.rayagg_jobs(client, every)
+        if as_json:
+            echo_json([job_document(job) for job in found])
+            return
         if not found:
             click.echo("no jobs on this cluster" if every
                        else "no rayagg jobs on this cluster (--all lists every job)")
@@ -106,6 +119,19 @@ def list_jobs(address: Optional[str], every: bool) -> None:
             message = f"  {job.message}" if job.message and jobs.status_of(job) != "SUCCEEDED" else ""
             job_id = job.submission_id or job.job_id
             click.echo(f"{job_id:<24} {jobs.status_of(job):<9} {started}  {where}{message}")
+
+
+def job_document(job) -> dict:
+    """One job as `rayagg jobs list --json` prints it (docs/running.md, "Machine-readable
+    output"): the start time in ISO 8601 with its UTC offset (None before it starts), the
+    run directory None for a job that is no rayagg run."""
+    from rayagg.client import jobs
+
+    started = None if not job.start_time else \
+        datetime.datetime.fromtimestamp(job.start_time / 1000).astimezone().isoformat(timespec="seconds")
+    return {"job_id": job.submission_id or job.job_id, "status": jobs.status_of(job), "start_time": started,
+            "run_dir": (job.metadata or {}).get("run_dir"), "entrypoint": job.entrypoint,
+            "message": job.message or None}
 
 
 @jobs_group.command("status")

@@ -1,6 +1,7 @@
 """``rayagg run``, ``rayagg check`` and ``rayagg pretrain-autoencoder``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import sys
@@ -9,8 +10,8 @@ from typing import Optional, Sequence
 
 import click
 
-from rayagg.cli.common import (default_run_dir, echo_emulation, interrupted_while_starting, prepare_to_join,
-                               user_errors)
+from rayagg.cli.common import (default_run_dir, echo_emulation, echo_json, interrupted_while_starting,
+                               json_option, prepare_to_join, set_option, user_errors)
 from rayagg.client.jobs import CONFIG_ENV
 from rayagg.config import RunConfig, absolute_path, load_config, parse_config_text
 from rayagg.errors import ConfigError, RayaggError
@@ -23,7 +24,11 @@ from rayagg.storage import as_path
 @click.option("--address", default=None, metavar="ADDR",
               help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379'); without it a local "
                    "Ray is started and stopped at the end.")
-@click.option("--rounds", type=int, default=None, help="Override training.rounds.")
+@click.option("--rounds", type=int, default=None, help="Override training.rounds (after any --set).")
+@set_option(help="Set a config value, as if edited in CONFIG (with --resume: in the run's config, which "
+                 "may then change only what a resume may): KEY a dotted path (an integer part indexes a "
+                 "list, e.g. tree.tiers.2.count), VALUE read as YAML (0.01, true, null, [1, 2]). "
+                 "Repeatable; a later one wins. Validated as the file is (docs/config.md).")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Run directory, new or empty: a path, or a URI such as s3://bucket/prefix/run "
                    "(default: output.base_dir/<config name>-<timestamp>, base_dir runs).")
@@ -40,8 +45,8 @@ from rayagg.storage import as_path
 @click.option("--config-from-env", is_flag=True, hidden=True,
               help=f"Read the config's YAML from ${CONFIG_ENV} (how `rayagg submit` ships it).")
 def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int],
-        out_dir: Optional[str], overwrite: bool, resume_dir: Optional[str], local: bool,
-        verbose: bool, config_from_env: bool) -> None:
+        overrides: tuple[str, ...], out_dir: Optional[str], overwrite: bool, resume_dir: Optional[str],
+        local: bool, verbose: bool, config_from_env: bool) -> None:
     """Train the tree described by CONFIG and write RUN_DIR.
 
     RUN_DIR holds metrics.parquet (round, node, tier, accuracy, loss, seconds),
@@ -49,7 +54,8 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
     resolved config), state.json (the manifest of the last checkpoint) and
     checkpoints/round-<r>/<node>.pt. One line per round gives the root's accuracy and
     the mean of every other tier. An existing run in --out is an error unless
-    --overwrite; `rayagg run --resume RUN_DIR` continues one.
+    --overwrite; `rayagg run --resume RUN_DIR` continues one. --set KEY=VALUE changes a
+    config value as an edit of CONFIG would; config.yaml holds the result.
 
     Ctrl-C or SIGTERM: the rounds in flight finish and the last is checkpointed, then
     the run stops; a second signal stops at once, keeping the last complete checkpoint. Exit
@@ -62,7 +68,7 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
 
     with user_errors(), interrupted_while_starting():
         _check_usage(config_path, resume_dir, out_dir, overwrite, config_from_env)
-        config = _load_run_config(config_path, resume_dir, config_from_env)
+        config = _load_run_config(config_path, resume_dir, config_from_env, overrides)
         if rounds is not None:
             config = config.with_rounds(rounds)
         run_dir = absolute_path(resume_dir or out_dir or default_run_dir(config))
@@ -124,9 +130,11 @@ class ProgressBar(RunObserver):
         self._bar.update(1)
 
 
-def _load_run_config(config_path: Optional[str], resume_dir: Optional[str], from_env: bool = False) -> RunConfig:
-    """CONFIG (or the YAML in $RAYAGG_CONFIG_YAML), or RUN_DIR/config.yaml when resuming; a
-    CONFIG given with --resume must agree with the run's own config except where a resume
+def _load_run_config(config_path: Optional[str], resume_dir: Optional[str], from_env: bool = False,
+                     overrides: Sequence[str] = ()) -> RunConfig:
+    """CONFIG (or the YAML in $RAYAGG_CONFIG_YAML), or RUN_DIR/config.yaml when resuming,
+    with the --set ``overrides`` applied; a CONFIG given with --resume, or the run's own
+    config changed by --set, must agree with the run's own config except where a resume
     may change it."""
     from rayagg.rundir.manifest import CONFIG_FILE
     from rayagg.rundir.resume import check_resumable_config
@@ -134,14 +142,20 @@ def _load_run_config(config_path: Optional[str], resume_dir: Optional[str], from
     if from_env:
         if CONFIG_ENV not in os.environ:
             raise ConfigError(f"--config-from-env: ${CONFIG_ENV} is not set (`rayagg submit` sets it)")
-        return parse_config_text(os.environ[CONFIG_ENV], source=f"${CONFIG_ENV}")
+        return parse_config_text(os.environ[CONFIG_ENV], source=f"${CONFIG_ENV}", overrides=overrides)
     if resume_dir is None:
-        return load_config(config_path)
+        return load_config(config_path, overrides)
     stored = load_config(as_path(resume_dir) / CONFIG_FILE)
-    if config_path is None:
+    if config_path is None and not overrides:
         return stored
-    given = load_config(config_path)
-    check_resumable_config(stored, given)
+    given = load_config(config_path or as_path(resume_dir) / CONFIG_FILE, overrides)
+    try:
+        check_resumable_config(stored, given)
+    except ConfigError as exc:
+        if not overrides:
+            raise
+        settings = " ".join(f"--set {setting}" for setting in overrides)
+        raise ConfigError(f"with {settings}: {exc}") from None
     return given
 
 
@@ -192,22 +206,29 @@ def pretrain_autoencoder(config_path: str) -> None:
 
 @click.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-def check(config_path: str) -> None:
+@set_option()
+@json_option("the checked config's tree, method, data and balancing")
+def check(config_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Validate CONFIG and print the tree's shape, without starting Ray.
 
     Besides the file itself it checks the data set's files are where the config says,
     draws the split of its training labels over the devices as a run will (a split a
     run would refuse is refused here, with the same message), and builds each tier's
     model once (importing user factory modules) for a forward and backward pass on a
-    dummy batch of the data set's shape.
+    dummy batch of the data set's shape. --set KEY=VALUE checks CONFIG as changed.
     """
     from rayagg.core.packing import pack
     from rayagg.learning import preflight
 
     with user_errors():
-        config = load_config(config_path)
-        preflight.check_inputs(config)
+        config = load_config(config_path, overrides)
+        # With --json stdout holds the document alone: what a download prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            preflight.check_inputs(config)
         hosts = Counter(host.tier for host in pack(config))
+        if as_json:
+            echo_json(check_document(config, hosts))
+            return
         for tier, count in zip(config.tree.tiers, config.tree.counts()):
             packed = hosts[tier.name]
             packing = "" if tier.nodes_per_actor == 1 else \
@@ -223,6 +244,24 @@ def check(config_path: str) -> None:
         click.echo(f"method: {describe_method(config.method)}")
         click.echo(f"data: {describe_data(config.data)}")
         echo_emulation(config)
+
+
+def check_document(config: RunConfig, hosts: Counter) -> dict:
+    """What `rayagg check --json` prints (docs/running.md, "Machine-readable output"):
+    ``hosts`` is the host actors per tier."""
+    balance = config.balance
+    return {
+        "name": config.name,
+        "method": config.method.model_dump(mode="json"),
+        "data": config.data.model_dump(mode="json"),
+        "tiers": [{"name": tier.name, "count": count, "model": tier.model,
+                   "nodes_per_actor": tier.nodes_per_actor, "hosts": hosts[tier.name],
+                   "resources": tier.resources.model_dump(mode="json"),
+                   "elastic": None if tier.elastic is None else tier.elastic.model_dump(mode="json")}
+                  for tier, count in zip(config.tree.tiers, config.tree.counts())],
+        "balance": {**balance.model_dump(mode="json"), "rebalances": balance.rebalances},
+        "emulation": config.emulation.model_dump(mode="json"),
+    }
 
 
 def describe_data(data) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from rayagg.cli.common import RunDirArgument, user_errors
+from rayagg.cli.common import RunDirArgument, echo_json, json_option, user_errors
 from rayagg.config import load_config
 from rayagg.core import packing
 from rayagg.errors import CheckpointError, ConfigError, RunDirError
@@ -17,7 +17,8 @@ from rayagg.nodes import by_index, describe_nodes, index_of
 from rayagg.rundir.directory import DriverState, driver_state
 from rayagg.rundir.live import LEAVES_LISTED, LIVE_FILE, read_live, render
 from rayagg.rundir.manifest import CONFIG_FILE, STATE_FILE, RunState, holds_run, missing_manifest
-from rayagg.rundir.metrics import METRICS_FILE, NodeMetrics, balanced_tier, imbalance, read_metrics, tier_order
+from rayagg.rundir.metrics import (METRICS_FILE, NodeMetrics, balanced_tier, imbalance, read_metrics, tier_means,
+                                   tier_order)
 from rayagg.rundir.resume import CutCheck, earlier_events, verify_cut
 from rayagg.storage import as_path
 
@@ -34,7 +35,8 @@ HASHED_BYTES = 1 << 30
               help=f"Redraw the live tree every {WATCH_EVERY_S:g} s until the run ends (Ctrl-C quits).")
 @click.option("--all", "every_leaf", is_flag=True,
               help=f"List every leaf even past {LEAVES_LISTED} of them (else summed up per parent).")
-def status(run_dir: str, watch: bool, every_leaf: bool) -> None:
+@json_option("the run's state (not with --watch)")
+def status(run_dir: str, watch: bool, every_leaf: bool, as_json: bool) -> None:
     """Show a run's progress and what happened to its tree: the last checkpointed round,
     the rounds measured, dead nodes, devices that left, whether it is live and where, who
     joined, left or moved where and why (from RUN_DIR/state.json, live.json,
@@ -48,12 +50,20 @@ def status(run_dir: str, watch: bool, every_leaf: bool) -> None:
 
     The last checkpoint's files are verified (their SHA-256 up to 1 GiB in all, else
     their presence and sizes): a missing or damaged file, or a damaged metrics or events
-    file, is named and the exit code is 2.
+    file, is named and the exit code is 2 (with --json, after the document is printed).
     """
+    if watch and as_json:
+        raise click.UsageError("--json prints the state once: it takes no --watch")
     with user_errors():
         path = as_path(run_dir)
         if not holds_run(path):
             raise RunDirError(missing_manifest(path))
+        if as_json:
+            document, damage = status_document(path)
+            echo_json(document)
+            if damage is not None:
+                raise damage
+            return
         if watch:
             _watch(path, every_leaf)
         else:
@@ -136,6 +146,71 @@ def _echo_status(path: pathlib.Path) -> None:
     if damage is not None:
         raise CheckpointError(f"the checkpoint of round {state.round} is damaged: {damage}; "
                               f"`rayagg run --resume {path}` would refuse it")
+
+
+def status_document(path: pathlib.Path) -> tuple[dict, Optional[CheckpointError]]:
+    """What `rayagg status --json` prints (docs/running.md, "Machine-readable output"), from
+    the files the text reads, and the error for a damaged checkpoint (None when whole)."""
+    config = None
+    if (path / CONFIG_FILE).is_file():
+        try:
+            config = load_config(path / CONFIG_FILE)
+        except ConfigError:
+            config = None
+    state, checked, damage = None, None, None
+    if (path / STATE_FILE).is_file():
+        state, checked, damage = _verified(path, RunState.load(path))
+    records = read_metrics(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else []
+    measured = max((r.round for r in records), default=0)
+    last = [r for r in records if r.round == measured]
+    names = [tier.name for tier in config.tree.tiers] if config is not None else \
+        list(dict.fromkeys(r.tier for r in last))
+    live = read_live(path)
+    driver = None if live is None else driver_state(live)
+    rounds = config.training.rounds if config is not None else None
+    if driver is not None:
+        run_state = {DriverState.LIVE: "running", DriverState.ELSEWHERE: "maybe-running",
+                     DriverState.GONE: "crashed"}[driver[0]]
+    elif state is not None and rounds is not None and state.round >= rounds:
+        run_state = "done"
+    else:
+        run_state = "stopped"
+    balanced = balanced_tier(tier_order(last))
+    edges = sorted((r for r in last if r.tier == balanced), key=lambda r: index_of(r.node))
+    document = {
+        "run_dir": str(path),
+        "name": config.name if config is not None else None,
+        "state": run_state,
+        "round": state.round if state is not None else None,
+        "rounds": rounds,
+        "rounds_measured": measured,
+        "checkpoint": None if state is None else {
+            "round": state.round, "files": checked.files if checked else None,
+            "bytes": checked.size if checked else None, "hashed": bool(checked and checked.hashed),
+            "damage": damage},
+        "verified": checked is not None,
+        "live": None if live is None else {
+            "driver": driver[0].value, "why": driver[1], "pid": live.get("pid"),
+            "hostname": live.get("hostname"), "address": live.get("address"),
+            "namespace": live.get("namespace")},
+        "tiers": {tier: {"accuracy": accuracy, "nodes": sum(1 for r in last if r.tier == tier)}
+                  for tier, accuracy in tier_means(last, names).items()},
+        "dead": [node for node in state.dead if node not in state.left] if state is not None else [],
+        "left": list(state.left) if state is not None else [],
+        "hosts": [] if config is None else [{"name": host.name, "tier": host.tier, "nodes": list(host.nodes)}
+                                            for host in packing.pack(config)],
+        "load": None if not edges else {
+            "tier": balanced, "round": measured, "imbalance": imbalance(edges, balanced),
+            "nodes": [{"node": r.node, "children": r.children, "bridge_samples": r.bridge_samples,
+                       "busy_s": r.seconds, "idle_s": r.idle_s} for r in edges]},
+        "events": [{"at": datetime.datetime.fromtimestamp(event.at).astimezone().isoformat(timespec="seconds"),
+                    "round": event.round, "kind": event.kind, "node": event.node, "detail": event.detail}
+                   for event in earlier_events(path, state)],
+    }
+    error = None if damage is None else CheckpointError(
+        f"the checkpoint of round {state.round} is damaged: {damage}; `rayagg run --resume {path}` "
+        "would refuse it")
+    return document, error
 
 
 def _verified(path: pathlib.Path, state: RunState) -> tuple[RunState, Optional[CutCheck], Optional[str]]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from rayagg.cli.common import default_run_dir, prepare_to_join, user_errors
+from rayagg.cli.common import default_run_dir, prepare_to_join, set_option, user_errors
 from rayagg.config import BALANCE_POLICIES, METHODS, absolute_path, load_config
 
 
@@ -15,7 +15,9 @@ from rayagg.config import BALANCE_POLICIES, METHODS, absolute_path, load_config
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--policies", default=",".join(BALANCE_POLICIES), show_default=True,
               help="Comma-separated balancing policies to run.")
-@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Override training.rounds.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Override training.rounds (after any --set).")
+@set_option()
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every policy runs with each.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
@@ -23,8 +25,8 @@ from rayagg.config import BALANCE_POLICIES, METHODS, absolute_path, load_config
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Where the runs go, one directory each (default: runs/balance-test-<name>-<timestamp>).")
 @click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (as for `run`).")
-def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: str, json_path: Optional[str],
-                 out_dir: Optional[str], address: Optional[str]) -> None:
+def balance_test(config_path: str, policies: str, rounds: Optional[int], overrides: tuple[str, ...], seeds: str,
+                 json_path: Optional[str], out_dir: Optional[str], address: Optional[str]) -> None:
     """Run CONFIG's tree under each balancing policy on the same seed and compare them.
 
     Prints, per policy: the median seconds per round (and the change against `none`),
@@ -43,7 +45,7 @@ def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: 
         except ValueError:
             raise click.BadParameter(f"not a comma-separated list of integers: {seeds!r}",
                                      param_hint="--seeds") from None
-        config = load_config(config_path)
+        config = load_config(config_path, overrides)
         if rounds is not None:
             config = config.with_rounds(rounds)
         preflight.check_inputs(config)
@@ -60,14 +62,18 @@ def balance_test(config_path: str, policies: str, rounds: Optional[int], seeds: 
 @click.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Rounds of each run (overrides training.rounds).")
+              help="Rounds of each run (overrides training.rounds, also after any --set).")
+@set_option()
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures as a JSON object to this file.")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Where the two runs go, as local/ and ray/ (default: runs/bench-<name>-<timestamp>).")
 @click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (as for `run`).")
-def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Optional[str],
-          address: Optional[str]) -> None:
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Ray run's calls to this file as a Chrome/Perfetto trace "
+                   "(ui.perfetto.dev): a track per host and node, the critical path marked.")
+def bench(config_path: str, rounds: int, overrides: tuple[str, ...], json_path: Optional[str],
+          out_dir: Optional[str], address: Optional[str], trace_path: Optional[str]) -> None:
     """Run CONFIG on Ray and with the in-process driver; show where a round's time goes.
 
     Prints the median seconds per round of both runs and their ratio; the critical path
@@ -75,22 +81,26 @@ def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Opti
     measured time) and how close Ray's rounds came to it; the share of round time that
     is not torch work on that path; bridge samples trained on per second; peak memory;
     and the GFLOP/s achieved against this machine's matrix multiply. Both runs are full
-    run directories under --out.
+    run directories under --out. With --trace, the Ray run's calls also go to a trace file
+    (docs/benchmarks.md, "Tracing a round").
     """
     from rayagg.learning import preflight
 
     with user_errors():
-        config = load_config(config_path).with_rounds(rounds)
+        config = load_config(config_path, overrides).with_rounds(rounds)
         preflight.check_inputs(config)
         out = local_out(out_dir or default_run_dir(config, prefix="bench-"))
         prepare_to_join(address)
         from rayagg.tools import bench as bench_tool
 
-        result = bench_tool.bench(config, out, address=address, echo=click.echo)
+        trace = None if trace_path is None else pathlib.Path(trace_path).absolute()
+        result = bench_tool.bench(config, out, address=address, echo=click.echo, trace=trace)
         click.echo(bench_tool.report(result))
         if json_path is not None:
             bench_tool.write_json(result, pathlib.Path(json_path))
             click.echo(f"rayagg: figures in {json_path}")
+        if trace is not None:
+            click.echo(f"rayagg: trace in {trace_path} (open it in ui.perfetto.dev)")
 
 
 
@@ -101,7 +111,11 @@ def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Opti
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every method and variant runs with each.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
-              help="Override training.rounds (the variants' too).")
+              help="Override training.rounds (the variants' too; after any --set).")
+@set_option(help="Set a config value in CONFIG and in every --variant config, as if edited in each "
+                 "file: KEY a dotted path (an integer part indexes a list, e.g. tree.tiers.2.count), "
+                 "VALUE read as YAML (0.01, true, null, [1, 2]). Repeatable; a later one wins. Each "
+                 "config is validated as its file is (docs/config.md).")
 @click.option("--variant", "variants", multiple=True, metavar="NAME=CONFIG",
               help="Also run the config at CONFIG as it is (its own method; only the seed and --rounds "
                    "replaced), named NAME. Repeatable.")
@@ -114,9 +128,9 @@ def bench(config_path: str, rounds: int, json_path: Optional[str], out_dir: Opti
               help="Where the runs and the report go (default: runs/compare-<name>-<timestamp>).")
 @click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (as for `run`).")
 @click.option("--local", is_flag=True, help="Run each with the in-process driver instead of Ray.")
-def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], variants: tuple[str, ...],
-            targets: str, json_path: Optional[str], out_dir: Optional[str], address: Optional[str],
-            local: bool) -> None:
+def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], overrides: tuple[str, ...],
+            variants: tuple[str, ...], targets: str, json_path: Optional[str], out_dir: Optional[str],
+            address: Optional[str], local: bool) -> None:
     """Train CONFIG's tree under each method (and each --variant) on the same seeds; compare them.
 
     Prints, per method or variant: the cloud's (the root tier's) final and best test
@@ -134,8 +148,9 @@ def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], v
         if local and address is not None:
             raise click.UsageError("--local runs in this process: it takes no --address")
         method_names, seed_list = compare_tool.parse_methods(methods), compare_tool.parse_seeds(seeds)
-        target_list, variant_configs = compare_tool.parse_targets(targets), compare_tool.parse_variants(variants)
-        config = load_config(config_path)
+        target_list = compare_tool.parse_targets(targets)
+        variant_configs = compare_tool.parse_variants(variants, overrides)
+        config = load_config(config_path, overrides)
         out = local_out(out_dir or default_run_dir(config, prefix="compare-"))
         runs = compare_tool.plan_runs(config, method_names, seed_list, out, variants=variant_configs,
                                       rounds=rounds)

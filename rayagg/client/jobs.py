@@ -78,12 +78,15 @@ def _cluster_absolute(path: str) -> bool:
 
 def submission(config: Optional[RunConfig], run_dir: str, *, resume: bool = False,
                rounds: Optional[int] = None, working_dir: Optional[str] = None,
-               pip: tuple[str, ...] = (), verbose: bool = False) -> Submission:
+               pip: tuple[str, ...] = (), verbose: bool = False,
+               overrides: tuple[str, ...] = ()) -> Submission:
     """The job for a new run of ``config`` into ``run_dir``, or (``resume``) for continuing
-    the run in ``run_dir`` with its own config.yaml (``config`` None)."""
+    the run in ``run_dir`` with its own config.yaml (``config`` None), changed by the
+    ``--set`` ``overrides`` (a new run's ``config`` has them applied already)."""
     args = ["python", "-m", "rayagg", "run"]
     args += ["--resume", run_dir] if resume else ["--config-from-env", "--out", run_dir]
     args += ["--address", "auto"]
+    args += [arg for setting in overrides for arg in ("--set", setting)]
     args += ["--rounds", str(rounds)] if rounds is not None else []
     args += ["--verbose"] if verbose else []
     runtime_env: dict[str, Any] = {}

@@ -6,12 +6,13 @@ Nothing below the CLI sees click objects; everything below this module sees a
 from __future__ import annotations
 
 import pathlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Sequence
 
 import pydantic
 import yaml
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from rayagg.config.overrides import apply_overrides
 from rayagg.config.sections import (AutoencoderConfig, BalanceConfig, DataConfig, EmulationConfig, MethodConfig,
                                     OutputConfig, RuntimeConfig, SupervisionConfig, TrainingConfig, _name_alone,
                                     _Section)
@@ -107,9 +108,11 @@ def parse_config(raw: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: invalid configuration\n{_describe(exc)}") from None
 
 
-def load_config(path: str | pathlib.Path) -> RunConfig:
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Reads and validates a YAML config (a local file, or an object on a store: a run's
-    config.yaml there); raises ConfigError for a missing file or bad content."""
+    config.yaml there), with the ``--set KEY=VALUE`` settings of ``overrides`` applied
+    before validation (rayagg/config/overrides.py); raises ConfigError for a missing file,
+    bad content or a setting that names no place in the file."""
     path = as_path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -117,7 +120,7 @@ def load_config(path: str | pathlib.Path) -> RunConfig:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    return parse_config_text(_text_of(raw, path), source=str(path))
+    return parse_config_text(_text_of(raw, path), source=str(path), overrides=overrides)
 
 
 def _text_of(raw: bytes, path: pathlib.Path) -> str:
@@ -130,13 +133,17 @@ def _text_of(raw: bytes, path: pathlib.Path) -> str:
         raise ConfigError(f"{path}: not a text YAML file (byte {exc.start} is not UTF-8)") from None
 
 
-def parse_config_text(text: str, source: str = "config") -> RunConfig:
-    """Validates a YAML document (e.g. a config that travelled with a Ray job); raises
-    ConfigError naming ``source`` for bad YAML or content."""
+def parse_config_text(text: str, source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:
+    """Validates a YAML document (e.g. a config that travelled with a Ray job), with the
+    ``--set KEY=VALUE`` settings of ``overrides`` applied first, later ones winning; raises
+    ConfigError naming ``source`` (and the settings) for bad YAML or content."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source = f"{source} with {' '.join(f'--set {setting}' for setting in overrides)}"
     return parse_config(raw, source=source)
 
 

@@ -100,8 +100,9 @@ def parse_targets(text: str) -> list[float]:
     return targets
 
 
-def parse_variants(texts: Sequence[str]) -> dict[str, RunConfig]:
-    """``["cnn=tiny-cnn.yaml"]`` -> name -> its config, loaded; ConfigError for a text
+def parse_variants(texts: Sequence[str], overrides: Sequence[str] = ()) -> dict[str, RunConfig]:
+    """``["cnn=tiny-cnn.yaml"]`` -> name -> its config, loaded with the ``--set KEY=VALUE``
+    settings of ``overrides`` applied (as to CONFIG); ConfigError for a text
     that is not NAME=PATH, a name that is not a plain word, repeated or a method's, a
     missing file or a bad config."""
     variants: dict[str, RunConfig] = {}
@@ -118,7 +119,12 @@ def parse_variants(texts: Sequence[str]) -> dict[str, RunConfig]:
             raise ConfigError(f"--variant {text!r}: the name {name!r} is {used}; choose another")
         if not pathlib.Path(path).is_file():
             raise ConfigError(f"--variant {text!r}: no such file: {path}")
-        variants[name] = load_config(path)
+        try:
+            variants[name] = load_config(path, overrides)
+        except ConfigError as exc:
+            if not overrides:
+                raise
+            raise ConfigError(f"--variant {text!r}: {exc}") from exc  # which config --set failed in
     return variants
 
 

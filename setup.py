@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+TRACKING = ["tensorboard>=2.14", "mlflow-skinny>=2.16", "sqlalchemy>=2", "alembic"]
+
 setup(
     name="rayagg",
     version="0.1.0",
@@ -17,7 +19,14 @@ setup(
         "pydantic>=2",  # config validation with field paths (also a ray[default] dependency)
         "matplotlib",  # accuracy.png
     ],
-    # moto[server]: an S3 endpoint started inside the tests (tests/test_object_store.py)
-    extras_require={"test": ["pytest>=8", "moto[server]>=5"]},
+    # tracking (rayagg/tracking/): TensorBoard's event files (torch's SummaryWriter needs the
+    # tensorboard package) and MLflow (mlflow-skinny: the client, no server; SQLAlchemy and
+    # Alembic for its default SQLite store). Optional: a run without them only warns.
+    # test: moto[server], an S3 endpoint started inside the tests (tests/test_object_store.py),
+    # and the trackers, whose files the tests read back (tests/test_tracking.py).
+    extras_require={
+        "tracking": TRACKING,
+        "test": ["pytest>=8", "moto[server]>=5", *TRACKING],
+    },
     entry_points={"console_scripts": ["rayagg=rayagg.cli:main"]},
 )

@@ -8,7 +8,7 @@ that is due (rayagg/rundir/manifest.py). Stopping is rayagg/stopping.py.
 from __future__ import annotations
 
 import pathlib
-from typing import TYPE_CHECKING, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 from rayagg.core.events import Event, EventKind
 from rayagg.core.schedule import RoundResult
@@ -23,6 +23,7 @@ from rayagg.rundir.metrics import NodeMetrics
 from rayagg.rundir.resume import earlier_events, earlier_records
 from rayagg.stopping import Stopped, StopSignals, stop_within
 from rayagg.storage import as_path
+from rayagg.tracking import trackers
 
 if TYPE_CHECKING:  # plan imports torch; the loop itself does not need it
     from rayagg.core.membership import Change
@@ -68,7 +69,8 @@ class Runner(Protocol):
 
 
 def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObserver] = (),
-            resume: Optional[RunState] = None, stop: Optional[StopSignals] = None) -> list[NodeMetrics]:
+            resume: Optional[RunState] = None, stop: Optional[StopSignals] = None,
+            tracking_group: Optional[Any] = None) -> list[NodeMetrics]:
     """Runs rounds up to the plan's ``training.rounds`` and writes RUN_DIR's files.
 
     A new run needs a new or empty ``out_dir`` (RunDirError otherwise; see
@@ -78,7 +80,9 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
     events.parquet after every round (so a crash keeps what was measured); a checkpoint
     once the bridge samples are stored (round 0), every ``supervision.checkpoint_every``
     rounds, at the end and when stopped; accuracy.png at the end or when stopped.
-    ``observers`` watch the run (rayagg/observe.py) after RUN_DIR's own. Returns every
+    ``observers`` watch the run (rayagg/observe.py) after RUN_DIR's own and the trackers the
+    config's ``tracking`` names (rayagg/tracking/; ``tracking_group``: an MLflow parent
+    run for a tool's runs). Returns every
     round's metrics; raises :class:`Stopped` when stopped. The runner is closed whatever
     happens, after every observer heard the end.
     """
@@ -92,7 +96,7 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
         # leaves nothing that would block the next try.
         runner.connect()
         files = _run_files(runner, out_dir, resume)
-        everyone = Observers([files, *observers])
+        everyone = Observers([files, *trackers(config, out_dir, tracking_group), *observers])
         write_atomic(out_dir / CONFIG_FILE, config.to_yaml().encode())
         with stop.handling_signals():
             runner.start(out_dir, resume, everyone)

@@ -30,7 +30,7 @@ LAYERS = [
     {"methods"},  # pure: a training method's round steps
     {"learning"},  # torch
     {"rundir"},  # the run directory's formats
-    {"stopping", "observe", "loop", "driver"},  # the round loop and the in-process runtime
+    {"stopping", "observe", "tracking", "loop", "driver"},  # the round loop, its observers, the in-process runtime
     {"runtime"},  # Ray
     {"client", "tools"},
     {"cli"},
@@ -38,7 +38,7 @@ LAYERS = [
 ]
 PURE = ["rayagg.errors", "rayagg.nodes", "rayagg.storage", "rayagg.files", "rayagg.config", "rayagg.core", "rayagg.methods",
         "rayagg.stopping",
-        "rayagg.observe", "rayagg.loop", "rayagg.learning.partition", "rayagg.rundir.directory",
+        "rayagg.observe", "rayagg.tracking", "rayagg.loop", "rayagg.learning.partition", "rayagg.rundir.directory",
         "rayagg.rundir.events", "rayagg.rundir.live", "rayagg.rundir.manifest", "rayagg.rundir.metrics",
         "rayagg.rundir.plot", "rayagg.rundir.resume"]
 MAY_IMPORT_RAY = ("rayagg.runtime.", "rayagg.tools.", "rayagg.client.")

@@ -16,6 +16,7 @@ from rayagg.config.overrides import apply_overrides
 from rayagg.config.sections import (AutoencoderConfig, BalanceConfig, DataConfig, EmulationConfig, MethodConfig,
                                     OutputConfig, RuntimeConfig, SupervisionConfig, TrainingConfig, _name_alone,
                                     _Section)
+from rayagg.config.tracking import TrackingConfig
 from rayagg.config.tree import TreeConfig
 from rayagg.errors import ConfigError
 from rayagg.nodes import index_of, is_node_of
@@ -36,6 +37,7 @@ class RunConfig(_Section):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     emulation: EmulationConfig = Field(default_factory=EmulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod

@@ -41,9 +41,11 @@ FORMAT = 4
 _READABLE_FORMATS = (2, 3, 4)
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"  # the resolved config a run was made with
+TRACKING_FILE = "tracking.json"  # the MLflow run a resume continues (rayagg/tracking/)
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, unless tracking.tensorboard.log_dir
 # What rayagg writes into a run directory: any of these marks the directory as a run.
 RUN_FILES = (STATE_FILE, CONFIG_FILE, METRICS_FILE, EVENTS_FILE, "checkpoints", "bridge",
-             LIVE_FILE)
+             LIVE_FILE, TRACKING_FILE, TENSORBOARD_DIR)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

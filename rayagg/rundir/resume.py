@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # plan imports torch; checking a config does not need it
 
 def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     """Raises ConfigError unless ``given`` may continue a run made with ``stored``: only
-    training.rounds, the runtime, supervision and output sections, the autoencoder cache folder,
+    training.rounds, the runtime, supervision, output and tracking sections, the autoencoder cache folder,
     data.source and each tier's resources and nodes_per_actor may change (where nodes run and
     how their data reaches them, e.g. on another cluster: both sources give the same shards;
     everything else decides what the checkpoints mean)."""
@@ -35,7 +35,7 @@ def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
         for tier in raw["tree"]["tiers"]:
             tier.pop("resources")
             tier.pop("nodes_per_actor")
-        for section in ("runtime", "supervision", "output"):
+        for section in ("runtime", "supervision", "output", "tracking"):
             raw.pop(section)
         return raw
 
@@ -43,7 +43,7 @@ def check_resumable_config(stored: "RunConfig", given: "RunConfig") -> None:
     changed = sorted(key for key in old if old[key] != new.get(key))
     if changed:
         raise ConfigError(f"CONFIG differs from the run's config.yaml in {', '.join(changed)}: a "
-                          "resumed run may change only training.rounds, runtime, supervision, output, data.source "
+                          "resumed run may change only training.rounds, runtime, supervision, output, tracking, data.source "
                           "and the tiers' resources and nodes_per_actor")
 
 

@@ -50,7 +50,7 @@ def parse_policies(text: str) -> list[str]:
 def compare(config: RunConfig, policies: Sequence[str], out: pathlib.Path, *, seeds: Sequence[int] = (0,),
             address: Optional[str] = None, echo: Callable[[str], None] = print) -> list[PolicyResult]:
     """Runs ``config`` under every policy and seed (one Ray for all); returns the results in
-    that order."""
+    that order. With MLflow tracking, one parent run holds a child per run."""
     import ray
 
     from rayagg.learning.plan import make_plan
@@ -58,19 +58,23 @@ def compare(config: RunConfig, policies: Sequence[str], out: pathlib.Path, *, se
     from rayagg.rundir.directory import check_new_run_dir
     from rayagg.runtime.cluster import connect
     from rayagg.runtime.runner import RayRunner
+    from rayagg.tracking import tracked_group
 
     runs = [(seed, policy, out / f"{policy}-seed{seed}") for seed in seeds for policy in policies]
     for *_, run_dir in runs:  # before any run starts, not after the first hour
         check_new_run_dir(run_dir)
     started = connect(address)
     results = []
+    params = {"policies": ", ".join(policies), "seeds": ", ".join(map(str, seeds))}
     try:
-        for seed, policy, run_dir in runs:
-            run_config = config.with_changes(balance={"policy": policy}, training={"seed": seed})
-            echo(f"rayagg: balance-test: {policy}, seed {seed} -> {run_dir}")
-            runner = RayRunner(make_plan(run_config), address=address)
-            execute(runner, run_dir, observers=[Progress(lambda line: echo(f"  {line}"))])
-            results.append(read_result(run_dir, policy, seed))
+        with tracked_group(config, out, "balance-test", params) as group:
+            for seed, policy, run_dir in runs:
+                run_config = config.with_changes(balance={"policy": policy}, training={"seed": seed})
+                echo(f"rayagg: balance-test: {policy}, seed {seed} -> {run_dir}")
+                runner = RayRunner(make_plan(run_config), address=address)
+                execute(runner, run_dir, observers=[Progress(lambda line: echo(f"  {line}"))],
+                        tracking_group=group)
+                results.append(read_result(run_dir, policy, seed))
     finally:
         if started:
             ray.shutdown()

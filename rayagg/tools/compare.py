@@ -193,27 +193,35 @@ def check_inputs(runs: Sequence[PlannedRun]) -> None:
 def run_all(runs: Sequence[PlannedRun], targets: Sequence[float] = (), *, address: Optional[str] = None,
             local: bool = False, echo: Callable[[str], None] = print) -> list[RunResult]:
     """Makes the runs one after another, with the in-process driver (``local``) or on one
-    Ray for all (started, or joined at ``address``); returns their results in order."""
-    if local:
-        return [_train(run, _local_runner, targets, echo) for run in runs]
-    import ray
+    Ray for all (started, or joined at ``address``); returns their results in order. With
+    MLflow tracking (the first run's ``tracking``), one parent run holds a child per run."""
+    from rayagg.tracking import tracked_group
 
-    from rayagg.runtime.cluster import connect
+    params = {"runs": ", ".join(f"{run.name}-seed{run.seed}" for run in runs),
+              "targets": ", ".join(f"{target:g}" for target in targets)}
+    with tracked_group(runs[0].config, runs[0].run_dir.parent, "compare", params) as group:
+        if local:
+            return [_train(run, _local_runner, targets, echo, group) for run in runs]
+        import ray
 
-    started = connect(address)
-    try:
-        return [_train(run, lambda config: _ray_runner(config, address), targets, echo) for run in runs]
-    finally:
-        if started:
-            ray.shutdown()
+        from rayagg.runtime.cluster import connect
+
+        started = connect(address)
+        try:
+            return [_train(run, lambda config: _ray_runner(config, address), targets, echo, group)
+                    for run in runs]
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _train(run: PlannedRun, make_runner: Callable, targets: Sequence[float],
-           echo: Callable[[str], None]) -> RunResult:
+           echo: Callable[[str], None], group=None) -> RunResult:
     from rayagg.loop import execute
 
     echo(f"rayagg: compare: {run.name}, seed {run.seed} -> {run.run_dir}")
-    execute(make_runner(run.config), run.run_dir, observers=[Progress(lambda line: echo(f"  {line}"))])
+    execute(make_runner(run.config), run.run_dir, observers=[Progress(lambda line: echo(f"  {line}"))],
+            tracking_group=group)
     return read_result(run.run_dir, run.name, targets)
 
 

@@ -135,7 +135,7 @@ def test_a_resume_applies_settings_to_the_runs_config_and_rounds_after_them(set_
 
 # ------------------------------------------------------------------ --json
 
-CHECK_KEYS = {"name", "method", "data", "tiers", "balance", "emulation"}
+CHECK_KEYS = {"name", "method", "data", "tiers", "balance", "emulation", "tracking"}
 TIER_KEYS = {"name", "count", "model", "nodes_per_actor", "hosts", "resources", "elastic"}
 
 

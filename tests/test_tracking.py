@@ -57,9 +57,12 @@ def root_accuracy(records):
     return [(r.round, r.accuracy) for r in sorted(records, key=lambda r: r.round) if r.tier == "cloud"]
 
 
-def test_tensorboard_and_mlflow_hold_what_metrics_parquet_holds(tracked_plan, tiny_dataset, tmp_path):
+def test_tensorboard_and_mlflow_hold_what_metrics_parquet_holds(tracked_plan, tiny_dataset, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "one"
     execute(LocalRunner(tracked_plan, tiny_dataset), run_dir)
+    said = capsys.readouterr().out
+    assert f"rayagg: tracking: TensorBoard event files in {run_dir / 'tensorboard'}" in said
+    assert f"rayagg: tracking: MLflow run " in said and f"sqlite:///{run_dir.parent / 'mlflow.db'}" in said
     records = read_metrics(run_dir / "metrics.parquet")
     expected = root_accuracy(records)
     assert [step for step, _ in expected] == [1, 2, 3]
@@ -177,6 +180,20 @@ def test_round_scalars_name_tiers_nodes_above_the_leaves_and_the_round():
     assert (values["round/bytes_up"], values["round/bytes_down"], values["round/seconds"]) == (16, 4, 10.0)
     with pytest.raises(ValueError, match="exactly one round"):
         round_scalars(rows + [record("cloud-0", "cloud", 0.9, 1.0, round_index=2)], ["cloud", "edge", "device"])
+
+
+def test_check_names_the_trackers_and_any_package_missing(quick_config, monkeypatch):
+    import importlib.util
+
+    from rayagg.tracking import describe
+
+    assert describe(quick_config) is None
+    config = quick_config.with_changes(tracking={"tensorboard": {"log_dir": "/tb"}, "mlflow": True})
+    assert describe(config) == ("TensorBoard (event files in /tb); MLflow (experiment tiny, store "
+                                "$MLFLOW_TRACKING_URI, else sqlite:///<RUN_DIR's parent>/mlflow.db)")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    assert describe(config).endswith("; not installed: mlflow (pip install 'rayagg[tracking]')")
 
 
 def test_flat_params_and_the_tracking_section():

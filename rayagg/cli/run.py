@@ -16,6 +16,7 @@ from rayagg.client.jobs import CONFIG_ENV
 from rayagg.config import RunConfig, absolute_path, load_config, parse_config_text
 from rayagg.errors import ConfigError, RayaggError
 from rayagg.observe import Progress, RunObserver, RunStart
+from rayagg.tracking import describe as describe_tracking
 from rayagg.storage import as_path
 
 
@@ -243,6 +244,9 @@ def check(config_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"balance: {balance.policy} ({moves})")
         click.echo(f"method: {describe_method(config.method)}")
         click.echo(f"data: {describe_data(config.data)}")
+        tracking = describe_tracking(config)
+        if tracking is not None:
+            click.echo(f"tracking: {tracking}")
         echo_emulation(config)
 
 
@@ -261,6 +265,7 @@ def check_document(config: RunConfig, hosts: Counter) -> dict:
                   for tier, count in zip(config.tree.tiers, config.tree.counts())],
         "balance": {**balance.model_dump(mode="json"), "rebalances": balance.rebalances},
         "emulation": config.emulation.model_dump(mode="json"),
+        "tracking": config.tracking.model_dump(mode="json"),
     }
 
 

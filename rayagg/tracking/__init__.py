@@ -20,20 +20,44 @@ from rayagg.observe import RunObserver, RunOutcome, RunStart
 INSTALL_HINT = "pip install 'rayagg[tracking]'"
 
 
+PACKAGES = {"TensorBoard": ("tensorboard",), "MLflow": ("mlflow", "sqlalchemy", "alembic")}
+
+
+def describe(config: RunConfig) -> Optional[str]:
+    """What ``rayagg check`` says of ``config.tracking`` (None: no tracker), naming any
+    package a tracker needs that is not installed (a run would warn and go on without it)."""
+    import importlib.util
+
+    named = []
+    if config.tracking.tensorboard is not None:
+        named.append(("TensorBoard", f"event files in {config.tracking.tensorboard.log_dir or 'RUN_DIR/tensorboard'}"))
+    if config.tracking.mlflow is not None:
+        mlflow = config.tracking.mlflow
+        store = mlflow.tracking_uri or "$MLFLOW_TRACKING_URI, else sqlite:///<RUN_DIR's parent>/mlflow.db"
+        named.append(("MLflow", f"experiment {mlflow.experiment or config.name}, store {store}"))
+    if not named:
+        return None
+    missing = sorted({package for name, _ in named for package in PACKAGES[name]
+                      if importlib.util.find_spec(package) is None})
+    lacking = f"; not installed: {', '.join(missing)} ({INSTALL_HINT})" if missing else ""
+    return "; ".join(f"{name} ({where})" for name, where in named) + lacking
+
+
 def trackers(config: RunConfig, run_dir, group: Optional[Any] = None,
-             warn: Callable[[str], None] = None) -> list[RunObserver]:
+             warn: Callable[[str], None] = None, say: Callable[[str], None] = print) -> list[RunObserver]:
     """The observers ``config.tracking`` asks for, each guarded (see the module); ``group``
-    an MLflow parent run (rayagg.tracking.mlflow_sink.Group) for a tool's runs."""
+    an MLflow parent run (rayagg.tracking.mlflow_sink.Group) for a tool's runs. Each says
+    where it records once started (``say``), and warns (``warn``) when it fails."""
     warn = warn or _warn
     found: list[RunObserver] = []
     if config.tracking.tensorboard is not None:
         from rayagg.tracking.tensorboard_sink import TensorBoardTracker
 
-        found.append(Guarded("TensorBoard", TensorBoardTracker(config, run_dir), warn))
+        found.append(Guarded("TensorBoard", TensorBoardTracker(config, run_dir), warn, say))
     if config.tracking.mlflow is not None:
         from rayagg.tracking.mlflow_sink import MlflowTracker
 
-        found.append(Guarded("MLflow", MlflowTracker(config, run_dir, group), warn))
+        found.append(Guarded("MLflow", MlflowTracker(config, run_dir, group), warn, say))
     return found
 
 
@@ -77,12 +101,16 @@ class Guarded(RunObserver):
     """Runs ``inner``'s callbacks; the first exception is one warning and ends ``inner``'s
     part in the run (a later ``run_finished`` still reaches it, to close what it opened)."""
 
-    def __init__(self, name: str, inner: RunObserver, warn: Callable[[str], None]):
-        self.name, self.inner, self._warn = name, inner, warn
+    def __init__(self, name: str, inner: RunObserver, warn: Callable[[str], None],
+                 say: Callable[[str], None] = print):
+        self.name, self.inner, self._warn, self._say = name, inner, warn, say
         self.failed: Optional[BaseException] = None
 
     def run_started(self, run: RunStart) -> None:
         self._call("could not start", lambda: self.inner.run_started(run))
+        where = getattr(self.inner, "where", None)
+        if self.failed is None and where:
+            self._say(f"rayagg: tracking: {where}")
 
     def round_submitted(self, round_index, steps, attempt) -> None:
         self._call("failed", lambda: self.inner.round_submitted(round_index, steps, attempt))

@@ -109,6 +109,7 @@ class MlflowTracker(RunObserver):
         self._tiers = [tier.name for tier in config.tree.tiers]
         self._client, self._run_id, self._logged_through = None, None, -1
         self._events: list[str] = []
+        self.where = ""  # once started: which MLflow run, in which store
 
     @property
     def run_id(self) -> Optional[str]:
@@ -124,6 +125,7 @@ class MlflowTracker(RunObserver):
             self._client.update_run(self._run_id, status="RUNNING")
             history = self._client.get_metric_history(self._run_id, STEP_KEY)
             self._logged_through = max((m.step for m in history), default=-1)
+            self.where = f"MLflow run {self._run_id} in {uri} (continued)"
             return
         experiment = self._group.experiment_id if self._group else experiment_id(
             self._client, self._config.tracking.mlflow.experiment or self._config.name, uri, self._run_dir.parent)
@@ -134,6 +136,7 @@ class MlflowTracker(RunObserver):
         write_atomic(self._run_dir / TRACKING_FILE, json.dumps(
             {"tracking_uri": uri, "experiment_id": experiment, "run_id": self._run_id}, indent=1).encode())
         _log_params(self._client, self._run_id, flat_params(self._config.model_dump()))
+        self.where = f"MLflow run {self._run_id} in {uri}"
 
     def round_collected(self, result: RoundResult, records: Sequence[NodeMetrics]) -> None:
         if result.round <= self._logged_through:

@@ -4,7 +4,7 @@ package: ``pip install 'rayagg[tracking]'``)."""
 from __future__ import annotations
 
 import pathlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 from rayagg.config import RunConfig
 from rayagg.core.events import Event
@@ -38,12 +38,15 @@ class TensorBoardTracker(RunObserver):
         self._tiers = [tier.name for tier in config.tree.tiers]
         self._writer = None
         self._events: list[str] = []  # since the last round collected
+        self.where = ""  # once started: where the event files go
 
     def run_started(self, run: RunStart) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         purge = None if run.resumed_after is None else run.resumed_after + 1
-        self._writer = SummaryWriter(str(log_dir_of(self._config, self._run_dir)), purge_step=purge)
+        log_dir = log_dir_of(self._config, self._run_dir)
+        self._writer = SummaryWriter(str(log_dir), purge_step=purge)
+        self.where = f"TensorBoard event files in {log_dir} (tensorboard --logdir {log_dir})"
         if run.resumed_after is None:
             self._writer.add_text("config", "```\n" + self._config.to_yaml() + "```", 0)
             self._writer.add_text("rayagg_commit", rayagg_commit(), 0)
@@ -72,7 +75,3 @@ class TensorBoardTracker(RunObserver):
             self._writer.add_text("events", "\n".join(self._events), step)
             self._events = []
 
-
-def describe(config: RunConfig, run_dir) -> Optional[str]:
-    """Where the events go, for the run's first lines."""
-    return f"TensorBoard: tensorboard --logdir {log_dir_of(config, run_dir)}"

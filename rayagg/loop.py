@@ -105,9 +105,9 @@ def execute(runner: Runner, out_dir: pathlib.Path, *, observers: Sequence[RunObs
                 _checkpoint(runner, everyone, out_dir, 0)
             else:
                 everyone.event(Event.now(resume.round, EventKind.RESUME, "", f"resumed after round {resume.round}"))
-            _train(runner, everyone, out_dir, stop, files.records)
+            dropped = _train(runner, everyone, out_dir, stop, files.records)
             if stop.requested:
-                raise Stopped(stop.signum, abandoned=False)
+                raise Stopped(stop.signum, abandoned=False, dropped=dropped)
     except BaseException as exc:
         error = _as_stop(exc, runner)
         if error is exc:
@@ -147,13 +147,15 @@ def _run_files(runner: Runner, out_dir: pathlib.Path, resume: Optional[RunState]
 
 
 def _train(runner: Runner, observers: Observers, out_dir: pathlib.Path, stop: StopSignals,
-           history: Sequence[NodeMetrics]) -> None:
+           history: Sequence[NodeMetrics]) -> list[int]:
     """Submits rounds up to ``runner.max_rounds_in_flight`` ahead of the oldest uncollected
     one and collects them in order: metrics, then the round's checkpoint when one was
     due. Before a round that may change the tree (rebalancing, elastic devices, a
     pending repair) every round in flight is collected first. A stop request ends the
-    submitting; the rounds in flight finish and the last one is checkpointed. ``history``:
-    the rounds a resumed run measured before."""
+    submitting; once a round collected after it has committed its checkpoint, the later
+    rounds in flight are abandoned (returned; closing the runner drops their work, which
+    no cut lists). Without such a round they all finish and the last one is checkpointed.
+    ``history``: the rounds a resumed run measured before."""
     config, last = runner.plan.config, runner.round_index
     # node -> busy seconds in the round collected last: rebalancing judges by them
     busy_s = {r.node: r.seconds for r in history if r.round == last}
@@ -173,8 +175,11 @@ def _train(runner: Runner, observers: Observers, out_dir: pathlib.Path, stop: St
         busy_s, last = {r.node: r.seconds for r in rows}, result.round
         if result.checkpoints is not None:
             _checkpoint(runner, observers, out_dir, result.round, result.checkpoints)
+            if stop.requested and runner.rounds_pending:
+                return list(runner.rounds_pending)
     if stop.requested and runner.checkpoint is not None and runner.checkpoint.round < last:
         _checkpoint(runner, observers, out_dir, last)
+    return []
 
 
 def _may_submit(runner: Runner, stop: StopSignals) -> bool:

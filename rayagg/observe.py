@@ -66,7 +66,8 @@ class RunOutcome:
 
     @property
     def kept_rounds_in_flight(self) -> bool:
-        """Done, or stopped after the rounds in flight finished: the results are whole."""
+        """Done, or stopped by a first request (the rounds collected are whole; a later one
+        in flight may have been abandoned, uncommitted)."""
         return self.error is None or (self.stopped is not None and not self.stopped.abandoned)
 
 

@@ -1,16 +1,19 @@
 """Stopping a run: SIGINT, SIGTERM, or :meth:`StopSignals.request` from code.
 
-The first request lets the rounds in flight finish (one, or up to
-``runtime.rounds_in_flight`` on Ray) — training, scoring, metrics — checkpoints the
-last, and stops; a second request stops at once and keeps the last complete checkpoint.
-Either way a checkpoint never mixes rounds (rayagg/rundir/manifest.py).
+The first request stops after the oldest round in flight that writes its own checkpoint
+(every round, with the default ``supervision.checkpoint_every: 1``) is trained, scored
+and committed; a later round in flight (Ray runs up to ``runtime.rounds_in_flight``) is
+abandoned: its partial work is never committed, and a resume trains it again. When no
+round in flight writes a checkpoint, they all finish and the last is checkpointed (a
+cut needs every node quiet). A second request stops at once and keeps the last complete
+checkpoint. Either way a checkpoint never mixes rounds (rayagg/rundir/manifest.py).
 """
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 
 class Stopped(BaseException):
@@ -18,14 +21,15 @@ class Stopped(BaseException):
     ``except Exception`` on the way swallows a stop raised by a signal handler.
 
     ``abandoned``: the rounds in flight were dropped (second request) rather than finished
-    and checkpointed; ``checkpoint_round``: the round a resume continues after (None:
-    there is no checkpoint). The exit code is 128 + the signal number, as shells report
+    and checkpointed; ``dropped``: the later rounds in flight a first request abandoned
+    once an earlier one was checkpointed; ``checkpoint_round``: the round a resume
+    continues after (None: there is no checkpoint). The exit code is 128 + the signal number, as shells report
     a process ended by that signal (130 for SIGINT, 143 for SIGTERM).
     """
 
-    def __init__(self, signum: int, abandoned: bool):
+    def __init__(self, signum: int, abandoned: bool, dropped: Sequence[int] = ()):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.abandoned = signum, abandoned
+        self.signum, self.abandoned, self.dropped = signum, abandoned, list(dropped)
         self.checkpoint_round: Optional[int] = None
 
     @property
@@ -58,13 +62,14 @@ class StopSignals:
         return self.signum is not None
 
     def request(self, signum: int = signal.SIGINT) -> None:
-        """First request: stop after the rounds in flight. Second: raise :class:`Stopped` now."""
+        """First request: stop after the oldest round in flight is checkpointed (see the
+        module). Second: raise :class:`Stopped` now."""
         if self.signum is not None:
             raise Stopped(signum, abandoned=True)
         self.signum = signum
-        self._echo(f"rayagg: {signal.Signals(signum).name}: stopping after the rounds in flight "
-                   "are trained, scored and checkpointed; signal again to stop at once "
-                   "(the last complete checkpoint is kept)")
+        self._echo(f"rayagg: {signal.Signals(signum).name}: stopping after the oldest round in flight "
+                   "is trained, scored and checkpointed (a later one is abandoned); signal again to "
+                   "stop at once (the last complete checkpoint is kept)")
 
     @contextlib.contextmanager
     def handling_signals(self) -> Iterator[None]:

@@ -136,7 +136,7 @@ def test_sigterm_mid_round_then_resume_equals_the_uninterrupted_run(ray_run, tin
     config_file.write_text(config.to_yaml())  # its autoencoder cache is the test session's
     code, output = signal_a_run(["run", config_file, "--out", out], out, [signal.SIGTERM])
     assert code == 143, output
-    assert "stopping after the rounds in flight" in output and "Traceback" not in output
+    assert "stopping after the oldest round in flight" in output and "Traceback" not in output
     assert "*** SIGTERM received" not in output  # Ray's own handler would have aborted
     state = load_for_resume(out, plan) if RunState.load(out).round < 2 else None
     assert RunState.load(out).round >= 1

@@ -127,6 +127,38 @@ def test_stop_then_resume_equals_the_uninterrupted_run(case, quick_plan, tiny_da
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("round-*")) == [f"round-{ROUNDS:04d}"]
 
 
+class TwoInFlight(LocalRunner):
+    """The in-process driver holding two rounds uncollected, as Ray does by default: each
+    round still runs whole when submitted, so round r + 1 has trained (and written its
+    node files, when due) by the time round r is collected."""
+
+    max_rounds_in_flight = 2
+
+
+# checkpoint_every -> (rounds abandoned, the round a resume continues after) for a stop
+# asked for as round 1 is collected, with round 2 in flight
+PROMPT_STOPS = {1: ([2], 1), 2: ([], 2)}
+
+
+@pytest.mark.parametrize("every", PROMPT_STOPS)
+def test_a_first_stop_abandons_the_rounds_in_flight_after_a_checkpointed_one(every, quick_config, tiny_dataset,
+                                                                           uninterrupted, tmp_path):
+    """Every round checkpointed: the stop commits round 1 and abandons round 2, whose
+    node files no cut lists. Round 1 not checkpointed: round 2 finishes and is the cut."""
+    plan = make_plan(quick_config.with_changes(supervision={"checkpoint_every": every}), tiny_dataset)
+    dropped, resumes_after = PROMPT_STOPS[every]
+    stop = StopSignals(echo=lambda line: None)
+    with pytest.raises(Stopped) as info:
+        execute(TwoInFlight(plan, tiny_dataset), tmp_path, stop=stop,
+                observers=[StopAt(plan, stop, "echo", once, 1)])
+    assert (info.value.dropped, info.value.checkpoint_round, info.value.abandoned) == (dropped, resumes_after, False)
+    assert max(r.round for r in read_metrics(tmp_path / "metrics.parquet")) == resumes_after
+    state = load_for_resume(tmp_path, plan)
+    assert state.round == resumes_after
+    assert measured(execute(LocalRunner(plan, tiny_dataset), tmp_path, resume=state)) == uninterrupted
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("round-*")) == [f"round-{ROUNDS:04d}"]
+
+
 def test_a_checkpoint_holds_every_live_node_and_the_manifest_verifies_them(quick_plan,
                                                                            uninterrupted_run):
     out, _ = uninterrupted_run
@@ -149,7 +181,7 @@ def test_stop_signals_route_real_signals_to_requests():
     previous = signal.getsignal(signal.SIGTERM)
     with stop.handling_signals():
         signal.raise_signal(signal.SIGTERM)
-        assert stop.signum == signal.SIGTERM and "stopping after the rounds in flight" in lines[0]
+        assert stop.signum == signal.SIGTERM and "stopping after the oldest round in flight" in lines[0]
         with pytest.raises(Stopped) as info:
             signal.raise_signal(signal.SIGINT)
         assert info.value.abandoned and info.value.exit_code == 130

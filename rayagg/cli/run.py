@@ -58,8 +58,8 @@ def run(config_path: Optional[str], address: Optional[str], rounds: Optional[int
     --overwrite; `rayagg run --resume RUN_DIR` continues one. --set KEY=VALUE changes a
     config value as an edit of CONFIG would; config.yaml holds the result.
 
-    Ctrl-C or SIGTERM: the rounds in flight finish and the last is checkpointed, then
-    the run stops; a second signal stops at once, keeping the last complete checkpoint. Exit
+    Ctrl-C or SIGTERM: the oldest round in flight finishes and is checkpointed, a later
+    one is abandoned (a resume trains it again), then the run stops; a second signal stops at once, keeping the last complete checkpoint. Exit
     codes: 0 done, 2 an error rayagg names (config, data, run files, a node, the
     cluster), 130 stopped by SIGINT, 143 stopped by SIGTERM, 1 an unexpected error.
     """
@@ -161,8 +161,12 @@ def _load_run_config(config_path: Optional[str], resume_dir: Optional[str], from
 
 
 def _explain_stop(stopped, run_dir: pathlib.Path) -> None:
+    rounds = ", ".join(map(str, stopped.dropped))
     how = ("the rounds in flight were abandoned" if stopped.abandoned
-           else "the rounds in flight were finished")
+           else f"round {rounds}, still in flight, was abandoned (a resume trains it again)"
+           if len(stopped.dropped) == 1
+           else f"rounds {rounds}, still in flight, were abandoned (a resume trains them again)"
+           if stopped.dropped else "the rounds in flight were finished")
     if stopped.checkpoint_round is None:
         click.echo(f"rayagg: stopped by {stopped}; {how} before the first checkpoint: nothing to "
                    f"resume (start again with --out {run_dir} --overwrite)", err=True)

@@ -13,7 +13,8 @@ from rayagg.config import load_config
 from rayagg.errors import ConfigError, RunDirError
 from rayagg.rundir.manifest import CONFIG_FILE
 from rayagg.rundir.metrics import METRICS_FILE, NodeMetrics, read_metrics, write_metrics
-from rayagg.tools import compare
+from rayagg.rundir.metrics import human_bytes
+from rayagg.tools import compare, compare_report
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "configs"
 TINY = CONFIGS / "tiny.yaml"
@@ -99,7 +100,7 @@ def row_of(text, name):
 
 
 def test_the_table_gives_each_method_its_spread_targets_time_and_bytes(results):
-    text = compare.table(results, [0.5, 0.7, 0.95])
+    text = compare_report.table(results, [0.5, 0.7, 0.95])
     header = text.splitlines()[0].split()
     assert header[:2] == ["method", "rounds"] and "to 50%" in text and "to 95%" in text
     fedagg = row_of(text, "fedagg")
@@ -113,7 +114,7 @@ def test_the_table_gives_each_method_its_spread_targets_time_and_bytes(results):
 
 
 def test_the_table_shows_a_method_without_cloud_rows_as_dashes_and_says_so(results):
-    text = compare.table(results, [0.5])
+    text = compare_report.table(results, [0.5])
     local = row_of(text, "local")
     cells = local.split()
     assert cells[:3] == ["local", "local", "2"]
@@ -125,26 +126,26 @@ def test_the_table_shows_a_method_without_cloud_rows_as_dashes_and_says_so(resul
 @pytest.mark.parametrize("count, text", [(0, "0 B"), (999, "999 B"), (1234, "1.2 kB"),
                                          (1_234_567, "1.2 MB"), (5e9, "5.0 GB"), (2e12, "2.0 TB")])
 def test_bytes_are_shown_in_human_units(count, text):
-    assert compare.human_bytes(count) == text
+    assert human_bytes(count) == text
 
 
 def test_the_report_writes_the_table_the_json_and_the_plot(results, tmp_path):
     out = tmp_path / "out"
-    text = compare.write_report(results, [0.5, 0.7, 0.95], out)
-    assert (out / compare.TABLE_FILE).read_text() == text + "\n"
-    rows = json.loads((out / compare.JSON_FILE).read_text())
+    text = compare_report.write_report(results, [0.5, 0.7, 0.95], out)
+    assert (out / compare_report.TABLE_FILE).read_text() == text + "\n"
+    rows = json.loads((out / compare_report.JSON_FILE).read_text())
     assert rows == [json.loads(json.dumps(asdict(r))) for r in results]
     assert rows[1]["cloud_final"] is None and rows[1]["rounds_to_target"]["0.5"] is None
     assert rows[0]["rounds_to_target"] == {"0.5": 2, "0.7": None, "0.95": None}
-    assert (out / compare.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / compare_report.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_plot_band_is_the_mean_and_range_over_seeds_skipping_missing_rounds():
-    rounds, means, lows, highs = compare._band([[0.5, 0.6, None], [0.7, None, None], [0.6, 0.8]])
+    rounds, means, lows, highs = compare_report._band([[0.5, 0.6, None], [0.7, None, None], [0.6, 0.8]])
     assert rounds == [1, 2]
     assert means == pytest.approx([60, 70])
     assert lows == pytest.approx([50, 60]) and highs == pytest.approx([70, 80])
-    assert compare._band([[None, None]]) == ([], [], [], [])
+    assert compare_report._band([[None, None]]) == ([], [], [], [])
 
 
 def test_the_plot_names_a_method_without_cloud_rows_as_not_drawn(results, tmp_path, monkeypatch):
@@ -153,7 +154,7 @@ def test_the_plot_names_a_method_without_cloud_rows_as_not_drawn(results, tmp_pa
     legends = []
     monkeypatch.setattr(Figure, "savefig", lambda figure, path, **kwargs: legends.append(
         [text.get_text() for text in figure.axes[0].get_legend().get_texts()]))
-    compare.plot(results, tmp_path / "plot.png")
+    compare_report.plot(results, tmp_path / "plot.png")
     assert legends == [["fedagg", "local: no cloud rows, not drawn"]]
 
 
@@ -339,7 +340,7 @@ def test_compare_runs_two_methods_on_two_seeds_in_process(quick_config, tmp_path
                     "--rounds", "2", "--targets", "0.1,0.99", "--out", out, "--json", json_path)
     assert result.exit_code == 0, result.output
     rows = json.loads(json_path.read_text())
-    assert rows == json.loads((out / compare.JSON_FILE).read_text())
+    assert rows == json.loads((out / compare_report.JSON_FILE).read_text())
     assert [(row["name"], row["method"], row["seed"]) for row in rows] == [
         ("fedagg", "fedagg", 0), ("local", "local", 0), ("fedagg", "fedagg", 1), ("local", "local", 1)]
     for row in rows:
@@ -348,6 +349,6 @@ def test_compare_runs_two_methods_on_two_seeds_in_process(quick_config, tmp_path
         expected = expected_row(run_dir, [0.1, 0.99])
         assert {key: row[key] for key in expected} == expected  # JSON keeps floats exactly
         assert row["rounds"] == 2
-    assert (out / compare.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / compare.TABLE_FILE).read_text().strip() in result.output
+    assert (out / compare_report.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / compare_report.TABLE_FILE).read_text().strip() in result.output
     assert row_of(result.output, "fedagg") and row_of(result.output, "local")

@@ -143,6 +143,7 @@ def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], o
     Every config and run directory is checked before the first run starts.
     """
     from rayagg.tools import compare as compare_tool
+    from rayagg.tools import compare_report
 
     with user_errors():
         if local and address is not None:
@@ -158,11 +159,11 @@ def compare(config_path: str, methods: str, seeds: str, rounds: Optional[int], o
         if not local:
             prepare_to_join(address)
         results = compare_tool.run_all(runs, target_list, address=address, local=local, echo=click.echo)
-        click.echo(compare_tool.write_report(results, target_list, out))
-        click.echo(f"rayagg: report in {out / compare_tool.TABLE_FILE}, {compare_tool.JSON_FILE}, "
-                   f"{compare_tool.PLOT_FILE}")
+        click.echo(compare_report.write_report(results, target_list, out))
+        click.echo(f"rayagg: report in {out / compare_report.TABLE_FILE}, {compare_report.JSON_FILE}, "
+                   f"{compare_report.PLOT_FILE}")
         if json_path is not None:
-            compare_tool.write_json(results, pathlib.Path(json_path))
+            compare_report.write_json(results, pathlib.Path(json_path))
             click.echo(f"rayagg: results in {json_path}")
 
 

@@ -117,8 +117,8 @@ def human_bytes(count: float) -> str:
     """``1234567`` -> ``"1.2 MB"`` (powers of 1000, as network traffic is counted)."""
     if abs(count) < 1000:
         return f"{count:.0f} B"
-    for unit in ("kB", "MB"):
+    for unit in ("kB", "MB", "GB"):
         count /= 1000
         if abs(count) < 1000:
             return f"{count:.1f} {unit}"
-    return f"{count / 1000:.1f} GB"
+    return f"{count / 1000:.1f} TB"

@@ -1,7 +1,8 @@
 """The round's steps and the critical path through measured steps (pure, no Ray)."""
 import pytest
 
-from rayagg.core.schedule import (EVALUATE, LEARN, LOGITS, SAVE, CallTrace, Step, Timing, critical_path, match_timings, round_steps)
+from rayagg.core.schedule import (EVALUATE, LEARN, LOGITS, SAVE, Batch, CallTrace, Step, Timing, batch_steps, critical_path,
+                                  match_timings, round_steps)
 from rayagg.core.tree import Tree
 
 TREE = Tree.balanced(["cloud", "edge", "device"], [1, 2, 4])  # edge-0: device-0, 1; edge-1: 2, 3
@@ -105,3 +106,54 @@ def test_a_trace_that_does_not_fit_is_an_error_naming_the_node():
     swapped = {**traces, "device-0": list(reversed(traces["device-0"]))}
     with pytest.raises(ValueError, match="device-0"):
         match_timings([steps], swapped)
+
+
+PACKED = {"cloud": "cloud", "edge": "edges", "device": "devices"}  # one host per tier
+
+
+def packed_host(node):
+    return PACKED[node.split("-")[0]]
+
+
+def test_a_hosts_steps_that_can_start_together_are_one_batch_and_subtrees_interleave():
+    steps = round_steps(TREE, TREE.leaves)
+    # Post-order: (device-0, edge-0) 0-3, (device-1, edge-0) 4-7, (edge-0, cloud) 8-11,
+    # (device-2, edge-1) 12-15, (device-3, edge-1) 16-19, (edge-1, cloud) 20-23.
+    assert batch_steps(steps, packed_host) == [
+        Batch("edges", (0, 12)), Batch("cloud", (8,)),  # both edges' first logits; the cloud's for edge-0
+        Batch("devices", (1, 2, 13, 14)),  # device-0 and device-2 learn, then answer
+        Batch("edges", (3, 4, 15, 16)),
+        Batch("devices", (5, 6, 17, 18)),
+        Batch("edges", (7, 9, 10, 19)),
+        Batch("cloud", (11, 20)),
+        Batch("edges", (21, 22)),
+        Batch("cloud", (23,)),
+    ]
+
+
+@pytest.mark.parametrize("host_of", [packed_host, lambda node: node, lambda node: "one"])
+def test_batches_keep_each_nodes_order_and_come_after_their_inputs(host_of):
+    steps = round_steps(TREE, TREE.leaves, scored=TREE.nodes, save=True)
+    batches = batch_steps(steps, host_of)
+    assert sorted(i for batch in batches for i in batch.steps) == list(range(len(steps)))
+    position = {i: number for number, batch in enumerate(batches) for i in batch.steps}
+    for batch in batches:
+        assert {host_of(steps[i].node) for i in batch.steps} == {batch.host}
+        assert list(batch.steps) == sorted(batch.steps)
+        for i in batch.steps:
+            assert all(position[j] < position[i] for j in steps[i].inputs)
+    for node in TREE.nodes:
+        mine = [i for batch in batches for i in batch.steps if steps[i].node == node]
+        assert mine == sorted(mine)
+
+
+def test_a_batch_starts_once_all_its_inputs_are_answered():
+    # h-1 takes g-2's answer (1 s), h-0 g-1's (5 s); batched on host h, h-1 waits for both.
+    steps = [Step("g-1", LOGITS), Step("g-2", LOGITS), Step("h-1", LEARN, inputs=(1,)), Step("h-0", LEARN, inputs=(0,))]
+    timings = [[Timing(5.0, 5.0), Timing(1.0, 1.0), Timing(1.0, 1.0), Timing(1.0, 1.0)]]
+    host_of = lambda node: node if node.startswith("g") else "h"
+    batches = batch_steps(steps, host_of)
+    assert Batch("h", (2, 3)) in batches
+    assert critical_path([steps], timings, host_of).seconds == 6.0  # h-1 at 1-2 s, h-0 at 5-6 s
+    batched = critical_path([steps], timings, host_of, [batches])
+    assert batched.seconds == 7.0 and batched.steps == [(0, 0), (0, 2), (0, 3)]  # h-1 at 5-6 s, h-0 at 6-7 s

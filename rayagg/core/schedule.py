@@ -5,10 +5,16 @@ A training method (rayagg/methods/) lists a round's steps; FedAgg's are
 teach the child, then the child's logits teach the parent; then every scored node
 evaluates (and, when a checkpoint is due, saves). A step that needs other steps'
 answers (logits to learn from, weights to average) names them by index in ``inputs``.
-Both runtimes run the list as it is: the in-process driver one step after another, the
-Ray runtime all at once, letting Ray run independent hosts together (and, with
+Both runtimes run the list: the in-process driver one step after another, the Ray
+runtime all at once, letting Ray run independent hosts together (and, with
 ``runtime.rounds_in_flight`` > 1, the next round's steps too). A node's steps run in
 list order either way, so every node does the same work in the same order.
+
+On Ray, :func:`batch_steps` groups the steps into :class:`Batch` es, one Ray call each:
+the steps of one host that can start together (their inputs come from earlier batches),
+so a host runs one ``learn`` call for its devices under ten edges, not ten calls. The
+batches go out level by level, which also interleaves independent subtrees that share a
+host instead of running one subtree's chain after the other's.
 
 :func:`critical_path` takes the steps of several rounds with their measured times and
 returns the longest chain of steps that must run one after the other: a step waits for
@@ -97,6 +103,38 @@ def closing_steps(nodes: Sequence[str], save: bool, scored: Callable[[str], bool
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Steps one host runs in one call, one after another: indices into the round's steps,
+    in list order."""
+
+    host: str
+    steps: tuple[int, ...]
+
+
+def batch_steps(steps: Sequence[Step], host_of: Callable[[str], str]) -> list[Batch]:
+    """Groups ``steps`` into batches, in the order to submit them.
+
+    A step's level is the lowest at which it may run: not below its node's previous step
+    (the same level is fine: it runs right after it in the same call) and above every step
+    whose answer it takes. The steps of a host at one level form a batch, in list order;
+    batches go out by level. So each node's steps keep their list order, every input is
+    answered by a batch submitted earlier (no call waits for a later one), and what one
+    host runs at one level is one call however many nodes it carries. Steps of different
+    nodes are independent, so the reordering changes no result.
+    """
+    levels: list[int] = []
+    node_level: dict[str, int] = {}
+    groups: dict[tuple[int, str], list[int]] = {}
+    for index, step in enumerate(steps):
+        level = max([node_level.get(step.node, 0), *(levels[i] + 1 for i in step.inputs)])
+        levels.append(level)
+        node_level[step.node] = level
+        groups.setdefault((level, host_of(step.node)), []).append(index)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[1][0]))
+    return [Batch(host, tuple(indices)) for (_, host), indices in ordered]
+
+
+@dataclass(frozen=True)
 class CallTrace:
     """One traced call as a host recorded it (``rayagg bench``): which call, its seconds
     in the actor, of them torch work, the CPU seconds its process used, and when it
@@ -133,23 +171,30 @@ class CriticalPath:
 
 
 def critical_path(rounds: Sequence[Sequence[Step]], timings: Sequence[Sequence[Timing]],
-                  host_of: Callable[[str], str]) -> CriticalPath:
-    """The longest chain through ``rounds`` (each a list of steps, submitted in this order)
-    given each step's measured ``timings`` (same shape). A step starts after its inputs
-    and after the step submitted before it to the same host. Empty rounds: a zero path."""
+                  host_of: Callable[[str], str],
+                  batches: Optional[Sequence[Sequence[Batch]]] = None) -> CriticalPath:
+    """The longest chain through ``rounds`` (each a list of steps) given each step's
+    measured ``timings`` (same shape). ``batches``: each round's batches as submitted
+    (:func:`batch_steps`); without them every step is its own call, in list order. A
+    batch starts after every input of its steps and after the host's previous call; its
+    steps then run one after the other. Empty rounds: a zero path."""
     finish: dict[tuple[int, int], float] = {}
     before: dict[tuple[int, int], Optional[tuple[int, int]]] = {}
     last_on_host: dict[str, tuple[int, int]] = {}
     for position, (steps, measured) in enumerate(zip(rounds, timings)):
         if len(steps) != len(measured):
             raise ValueError(f"round {position}: {len(steps)} steps but {len(measured)} timings")
-        for index, step in enumerate(steps):
-            waits = [last_on_host.get(host_of(step.node)), *((position, i) for i in step.inputs)]
-            waits = [w for w in waits if w is not None]
-            first = max(waits, key=finish.__getitem__, default=None)
-            key = (position, index)
-            finish[key] = (finish[first] if first else 0.0) + measured[index].seconds
-            before[key], last_on_host[host_of(step.node)] = first, key
+        calls = batches[position] if batches is not None else [
+            Batch(host_of(step.node), (index,)) for index, step in enumerate(steps)]
+        for batch in calls:
+            inputs = [(position, i) for index in batch.steps for i in steps[index].inputs]
+            for index in batch.steps:
+                waits = [w for w in (last_on_host.get(batch.host), *inputs) if w is not None]
+                first = max(waits, key=finish.__getitem__, default=None)
+                key = (position, index)
+                finish[key] = (finish[first] if first else 0.0) + measured[index].seconds
+                before[key], last_on_host[batch.host] = first, key
+                inputs = []  # the batch's later steps wait only for the step before them
     if not finish:
         return CriticalPath(0.0, 0.0, [])
     end = max(finish, key=finish.__getitem__)

@@ -12,6 +12,7 @@ import pytest
 import ray
 from conftest import inspected_run, packed
 
+from rayagg.observe import RunObserver
 from rayagg.rundir.events import read_events
 from rayagg.learning.plan import make_plan
 from rayagg.runtime.faults import FaultAt
@@ -46,13 +47,17 @@ def kill_during_round(runner, node, round_index, delay_s=0.5):
 
 
 class FaultsInRounds:
-    """A fault hook (rayagg/runtime/faults.py): for each ``(node, round, how)``, as the first
-    call of that round to ``node`` is submitted, kills the node's host (``"kill"``, every
-    node on it) or stops the node alone (``"stop"``: that call still runs, its next ones
-    fail). The fault lands in its round whatever the machine's speed; a timer some
-    seconds into a round found a device's part of it done on a fast run, still running
-    on a slow one. Only with one round in flight: then the calls of that round are the
-    only ones pending. ``at``: node -> when its fault was injected."""
+    """A fault hook (rayagg/runtime/faults.py): for each ``(node, round, how[, target])``,
+    as the first call of that round to ``node`` is submitted, kills the node's host
+    (``"kill"``, every node on it) or stops ``target`` (default: the node) alone
+    (``"stop"``: its calls submitted after that fail). A call carries a host's batch of
+    steps (rayagg/runtime/batching.py), so stopping the node whose call was just submitted
+    lets that whole batch run; to fail a node's steps inside a batch, trigger on a call
+    submitted to its host (or any host) earlier. The fault lands in its round whatever
+    the machine's speed; a timer some seconds into a round found a device's part of it
+    done on a fast run, still running on a slow one. Only with one round in flight: then
+    the calls of that round are the only ones pending. ``at``: target -> when its fault
+    was injected."""
 
     def __init__(self, *faults):
         self.faults, self.runner, self.at = list(faults), None, {}
@@ -60,11 +65,12 @@ class FaultsInRounds:
     def fault(self, point):
         if point.at != FaultAt.CALL_SUBMITTED or self.runner.rounds_pending:
             return
-        for node, round_index, how in self.faults:
-            if point.node == node and self.runner.round_index == round_index and node not in self.at:
-                self.at[node] = time.monotonic()
-                handle = self.runner.actors[node]
-                handle.stop_node.remote(node) if how == "stop" else ray.kill(handle, no_restart=True)
+        for node, round_index, how, *target in self.faults:
+            target = target[0] if target else node
+            if point.node == node and self.runner.round_index == round_index and target not in self.at:
+                self.at[target] = time.monotonic()
+                handle = self.runner.actors[target]
+                handle.stop_node.remote(target) if how == "stop" else ray.kill(handle, no_restart=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +117,46 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     assert not [e for e in events if e.kind == "reparent"]
 
 
+class StepsSeen(RunObserver):
+    """Records (attempt, node, call) of every round step whose answer the driver got."""
+
+    def __init__(self):
+        self.attempt, self.seen = 1, []
+
+    def round_submitted(self, round_index, steps, attempt):
+        self.attempt = attempt
+
+    def step_finished(self, round_index, node, call, value):
+        self.seen.append((self.attempt, node, call))
+
+
+def test_a_node_that_fails_inside_a_batch_fails_alone(ray_session, config, plan, tmp_path):
+    """The four devices share one host, so device-0 (under edge-0) and device-2 (under
+    edge-1) learn and answer in one call (rayagg/core/schedule.py's batches). device-2 is
+    stopped before that call runs: its steps answer a failure, device-0's succeed in the
+    same call, and only device-2 is declared dead; the round is retried without it."""
+    config = config.with_changes(training={"rounds": 1}, runtime={"rounds_in_flight": 1})
+    faults = FaultsInRounds(("edge-0", 1, "stop", "device-2"))  # edge-0's first call precedes the devices'
+    faults.runner = runner = RayRunner(replace(plan, config=config), faults=faults.fault)
+    seen = StepsSeen()
+    records, inspected = inspected_run(runner, tmp_path, observers=[seen])
+    first = [(node, call) for attempt, node, call in seen.seen if attempt == 1]
+    assert ("device-0", "learn") in first and ("device-0", "logits") in first
+    assert not [step for step in first if step[0] == "device-2"]
+    assert ("edge-1", "learn") not in first  # it took device-2's failed answer
+    assert inspected["dead"] == {"device-2"}
+    events = read_events(tmp_path / "events.parquet")
+    assert [e.node for e in events if e.kind == "declare_dead"] == ["device-2"]
+    assert [e.detail for e in events if e.kind == "retry"] == ["round 1 retried after losing device-2"]
+    assert {r.node for r in records} == set(plan.tree.nodes) - {"device-2"}
+    assert inspected["counts"]["cloud-0"] == total_samples(plan)
+
+
 def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoin(
         ray_session, config, plan, tmp_path):
     """Devices two to a host (device-host-0: device-0, 1; device-host-1: device-2, 3),
     edges one to a host, dead devices re-join. Round 1: edge-0 dies; its devices, on a
-    shared host, move to edge-1. Round 2: device-1 stops alone after its first call of the
+    shared host, move to edge-1. Round 2: device-1 stops alone before its first call of the
     round; device-0 on the same host carries on. Round 3: device-host-1 dies with both its
     devices. Each round that loses a node is retried without it; each dead device drops
     out (its samples stay with its ancestors) and re-joins at the start of the next round,
@@ -126,7 +167,8 @@ def test_packed_hosts_lose_an_edge_one_device_and_a_whole_device_host_then_rejoi
     config = packed(config, device=2).with_changes(
         training={"rounds": 4}, supervision={"rejoin_dead_leaves": True}, runtime={"rounds_in_flight": 1})
     # edge-0 dies before any checkpoint: its devices' moves need none
-    faults = FaultsInRounds(("edge-0", 1, "kill"), ("device-1", 2, "stop"), ("device-2", 3, "kill"))
+    # device-1 stops as device-0's first call of round 2 (on their host, before device-1's) goes out
+    faults = FaultsInRounds(("edge-0", 1, "kill"), ("device-0", 2, "stop", "device-1"), ("device-2", 3, "kill"))
     faults.runner = runner = RayRunner(replace(plan, config=config), faults=faults.fault)
     records, inspected = inspected_run(runner, tmp_path)
     assert inspected["dead"] == {"edge-0"}

@@ -40,6 +40,7 @@ from rayagg.learning.plan import (Plan, RawImages, build_node, evaluation_split,
 from rayagg.nodes import describe_nodes
 from rayagg.rundir import checkpoint
 from rayagg.rundir.directory import probe_run_dir
+from rayagg.runtime import batching
 from rayagg.storage import as_path
 
 
@@ -188,6 +189,14 @@ class NodeHost:
         return probe_run_dir(run_dir, token, f"{self._name} on {socket.gethostname()}")
 
     # ------------------------------------------------------------ the protocol
+
+    def run_batch(self, items: list[batching.Item], *inputs: Any) -> Any:
+        """Runs several steps, each ``method(node, *args)`` of this actor, in order (one
+        Ray call for a batch of rayagg/core/schedule.py); answers one value per step, a
+        :class:`~rayagg.runtime.batching.Failed` where a step failed (rayagg/runtime/
+        batching.py). Called with ``num_returns=len(items)``: one item's answer is itself."""
+        answers = batching.run(items, inputs, lambda node, call, *args: getattr(self, call)(node, *args))
+        return answers[0] if len(answers) == 1 else answers
 
     def encode(self, node: str) -> BridgeSamples:
         """A leaf encodes its local data once, keeps its own bridge samples and returns them."""

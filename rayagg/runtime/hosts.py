@@ -25,6 +25,7 @@ from rayagg.errors import NodeDiedError, NodeTimeoutError, RunDirError
 from rayagg.learning.data import Dataset
 from rayagg.learning.plan import Plan, load_data, raw_shard, raw_test_split
 from rayagg.rundir.directory import end_probe, start_probe
+from rayagg.runtime import batching
 from rayagg.runtime.cluster import cluster_nodes
 from rayagg.runtime.faults import FaultAt, FaultHook, FaultPoint, no_faults
 from rayagg.runtime.host import HostReport, NodeHost
@@ -116,6 +117,21 @@ class HostPool:
         call = Call(node, method, getattr(self.actor(node), method).remote(node, *args))
         self._faults(FaultPoint(FaultAt.CALL_SUBMITTED, node=node, method=method))
         return call
+
+    def call_batch(self, requests: Sequence[batching.Item]) -> list[Call]:
+        """Submits ``requests``, each (node, method, arguments after the node), to their
+        one host as a single call that runs them in order (rayagg/runtime/batching.py);
+        returns a Call per request, each with the ref of that request's own answer."""
+        host = {self.home[node] for node, _, _ in requests}
+        if len(host) != 1:
+            raise ValueError(f"a batch runs on one host, these requests go to {sorted(host)}")
+        items, refs = batching.lift(requests, lambda arg: isinstance(arg, ray.ObjectRef))
+        answers = self.handles[host.pop()].run_batch.options(num_returns=len(items)).remote(items, *refs)
+        answers = [answers] if len(items) == 1 else answers
+        calls = [Call(node, method, ref) for (node, method, _), ref in zip(requests, answers)]
+        for node, method, _ in requests:
+            self._faults(FaultPoint(FaultAt.CALL_SUBMITTED, node=node, method=method))
+        return calls
 
     def ask(self, nodes: Sequence[str], method: str, *args: Any) -> dict[str, Any]:
         """``method`` of each of ``nodes`` (on their hosts, after the calls queued before),

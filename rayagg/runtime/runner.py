@@ -14,9 +14,10 @@ observers of the run). The design, from the Ray facts in docs/ray.md:
   (rayagg/runtime/bridge.py): nothing is asked of the dead node, no sample is lost.
 * A round is submitted as one graph of calls (rayagg/core/schedule.py): logits refs feed
   ``learn`` calls directly, and every node's evaluation (and checkpoint, when due)
-  follows its round's work. Ray runs one caller's calls to a host in submission order,
-  so every node does the same work in the same order as the sequential driver, while
-  independent hosts run at the same time. No barrier between rounds: up to
+  follows its round's work. A host gets one call per batch of steps that can start
+  together (rayagg/runtime/batching.py), not one per step. Ray runs one caller's calls to
+  a host in submission order, so every node does the same work in the same order as the
+  sequential driver, while independent hosts run at the same time. No barrier between rounds: up to
   ``runtime.rounds_in_flight`` rounds are submitted before the oldest is collected, so
   an edge trains its next round with its devices while the cloud still works with
   other edges; the loop drains them before anything changes the tree.
@@ -35,14 +36,14 @@ import pathlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import ray
 
 from rayagg.core.events import Event, EventKind
 from rayagg.core.membership import Change
 from rayagg.core import wire
-from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Step
+from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Step, batch_steps
 from rayagg.core.tree import Tree, training_leaves
 from rayagg.errors import RecoveryError
 from rayagg.learning.data import Dataset
@@ -207,9 +208,12 @@ class RayRunner:
         self.repair()  # every node the tree counts as live runs before calls go out
         steps = self.method.round_steps(self.tree, self.leaves_of, self.dead, self.live_nodes,
                                         save=checkpoint_dir is not None)
-        calls: list[Call] = []
-        for step in steps:
-            calls.append(self.hosts.call(step.node, step.call, *_arguments(step, calls, checkpoint_dir)))
+        submitted: dict[int, Call] = {}  # step index -> its call, batch by batch
+        for batch in batch_steps(steps, self.hosts.home.__getitem__):
+            requests = [(steps[i].node, steps[i].call, _arguments(steps[i], submitted, checkpoint_dir))
+                        for i in batch.steps]
+            submitted.update(zip(batch.steps, self.hosts.call_batch(requests)))
+        calls = [submitted[index] for index in range(len(steps))]
         moved = wire.merge(wire.step_bytes(steps, self.tree.parent_of, self._payloads.answer_bytes),
                            self._bridge_sent())
         self._in_flight.append(_InFlight(round_index, steps, calls, checkpoint_dir, time.perf_counter(), attempt,
@@ -387,7 +391,7 @@ class _InFlight:
     wire: dict[str, wire.Link]
 
 
-def _arguments(step: Step, calls: list[Call], checkpoint_dir: Optional[pathlib.Path]) -> tuple:
+def _arguments(step: Step, calls: Mapping[int, Call], checkpoint_dir: Optional[pathlib.Path]) -> tuple:
     """A step's arguments after its node: its leaves (if any), then the refs of the answers
     it takes (a learn its teacher's logits, an average its children's weights)."""
     if step.call == SAVE:

@@ -15,6 +15,7 @@ import ray
 from ray import exceptions as ray_errors
 
 from rayagg.errors import NodeDiedError, NodeError, NodeStoppedError, NodeTimeoutError, RayaggError
+from rayagg.runtime.batching import Failed
 
 class Call(NamedTuple):
     """A call submitted to a node's host: the node, the method's name, its ObjectRef."""
@@ -78,9 +79,9 @@ def settle(pending: list[Call], timeout_s: float, *, poll_s: float, on_poll: Cal
 
 
 def _value_or_death(ref: Any, node: str, call: str, settled: Settled, context: str) -> Optional[Death]:
+    prefix = f"{context}: " if context else ""
     try:
-        settled.values[node] = settled.by_call[node, call] = ray.get(ref, timeout=0)
-        return None
+        value = ray.get(ref, timeout=0)
     except ray_errors.RayActorError as exc:
         return Death(node, exc.actor_id)
     except ray_errors.RayTaskError as exc:
@@ -90,8 +91,14 @@ def _value_or_death(ref: Any, node: str, call: str, settled: Settled, context: s
             return Death(node, cause.actor_id)
         if isinstance(cause, NodeStoppedError):
             return Death(cause.node, None)
-        prefix = f"{context}: " if context else ""
         raise NodeError(node, f"{prefix}{call} failed: {describe(cause, node)}") from exc
+    if isinstance(value, Failed):  # a step of a batch (rayagg/runtime/batching.py)
+        if isinstance(value.error, NodeStoppedError):
+            return Death(value.error.node, None)
+        raise NodeError(value.node, f"{prefix}{value.call} failed: {describe(value.error, value.node)}") \
+            from value.error
+    settled.values[node] = settled.by_call[node, call] = value
+    return None
 
 
 def await_all(pending: list[Call], timeout_s: float) -> list[Any]:
@@ -117,13 +124,17 @@ def _time_out(remaining: list[Any], origin: dict[Any, tuple[str, str]], timeout_
 
 
 def get(ref: Any, node: str, call: str) -> Any:
-    """``ray.get`` of a finished ref, with Ray's exceptions turned into the project's."""
+    """``ray.get`` of a finished ref, with Ray's exceptions (and a batch step's
+    :class:`Failed`) turned into the project's."""
     try:
-        return ray.get(ref, timeout=0)
+        value = ray.get(ref, timeout=0)
     except ray_errors.RayActorError as exc:
         raise NodeDiedError(node, f"died during {call}: {type(exc).__name__}") from exc
     except ray_errors.RayTaskError as exc:
         raise NodeError(node, f"{call} failed: {describe(exc.cause, node)}") from exc
+    if isinstance(value, Failed):
+        raise NodeError(value.node, f"{value.call} failed: {describe(value.error, value.node)}") from value.error
+    return value
 
 
 def describe(cause: BaseException, node: str) -> str:

@@ -9,6 +9,8 @@ chain of calls that must run one after another. It reports:
 * seconds per round (median) of both runs and their ratio;
 * the critical path per round, and the ratio of the Ray run's wall time to it (1.0:
   the run was as fast as its chain of dependent calls allows on any number of cores);
+* the steps per round and the Ray calls that carried them (a host runs a batch of steps
+  in one call, rayagg/runtime/batching.py);
 * the CPU bound per round: the CPU seconds of all calls divided by the machine's CPUs
   (no schedule beats it either; where it exceeds the critical path, the cores, not the
   dependencies, set the pace);
@@ -38,7 +40,8 @@ from typing import Callable, Optional
 import ray
 
 from rayagg.config import RunConfig
-from rayagg.core.schedule import EVALUATE, LEARN, LOGITS, TRAIN, CallTrace, CriticalPath, Step, critical_path, match_timings
+from rayagg.core.schedule import (EVALUATE, LEARN, LOGITS, TRAIN, Batch, CallTrace, CriticalPath, Step, batch_steps,
+                                  critical_path, match_timings)
 from rayagg.errors import RayaggError
 from rayagg.observe import Progress, RunObserver, RunOutcome, RunStart
 from rayagg.rundir.metrics import METRICS_FILE, read_metrics
@@ -68,6 +71,8 @@ class BenchResult:
     cpus: int  # the Ray cluster's
     max_accuracy_difference: float  # between the runs, over every node and round
     critical_path_by_node: dict[str, dict[str, float]] = field(default_factory=dict)
+    steps_per_round: float = 0.0  # Ray run, mean over the rounds
+    calls_per_round: float = 0.0  # the Ray calls (batches) that carried them
     run_dir: str = ""
     trace_file: str = ""  # with --trace: the Chrome/Perfetto trace of the Ray run
 
@@ -165,6 +170,7 @@ class HostTracer(RunObserver):
     def __init__(self, runner: RayRunner):
         self.runner = runner
         self.steps: list[list[Step]] = []
+        self.batches: list[list[Batch]] = []  # of self.steps, as the runner submitted them
         self.round_numbers: list[int] = []  # of self.steps
         self.traces: dict[str, list[CallTrace]] = {}
         self.hosts_peak_rss = 0
@@ -180,6 +186,7 @@ class HostTracer(RunObserver):
         if attempt > 1:
             raise RayaggError(f"bench: round {round_index} lost a node; a bench needs a run without failures")
         self.steps.append(list(steps))
+        self.batches.append(batch_steps(steps, self.host_of.__getitem__))
         self.round_numbers.append(round_index)
 
     def run_finished(self, outcome: RunOutcome) -> None:
@@ -203,7 +210,7 @@ def _figures(config: RunConfig, out: pathlib.Path, tracer: HostTracer, machine: 
         timings = match_timings(tracer.steps, tracer.traces)
     except ValueError as exc:
         raise RayaggError(f"bench: the hosts' traces do not fit the rounds submitted: {exc}") from exc
-    path = critical_path(tracer.steps, timings, tracer.host_of.__getitem__)
+    path = critical_path(tracer.steps, timings, tracer.host_of.__getitem__, tracer.batches)
     if trace is not None:
         from rayagg.tools.trace import write_trace
 
@@ -222,7 +229,8 @@ def _figures(config: RunConfig, out: pathlib.Path, tracer: HostTracer, machine: 
         tracer.hosts_peak_rss + driver_peak, local_peak,
         samples / wall, flops / wall / 1e9, machine, tracer.cpus,
         max(abs(ray_acc[key] - local_acc.get(key, 0.0)) for key in ray_acc),
-        _by_node(path, tracer.steps, timings), str(out), str(trace or ""))
+        _by_node(path, tracer.steps, timings), sum(map(len, tracer.steps)) / len(tracer.steps),
+        sum(map(len, tracer.batches)) / len(tracer.steps), str(out), str(trace or ""))
 
 
 def _round_seconds(records) -> dict[int, float]:
@@ -294,6 +302,8 @@ def report(result: BenchResult) -> str:
         f"{result.inprocess_seconds_per_round:.1f}: ratio {result.ratio:.2f}",
         f"  critical path         {result.critical_path_s:.1f} s per round; Ray's rounds took "
         f"{result.critical_path_ratio:.2f} x it",
+        f"  Ray calls             {result.calls_per_round:.0f} per round carried "
+        f"{result.steps_per_round:.0f} steps",
         f"  CPU bound             {result.cpu_bound_s:.1f} s per round (the calls' CPU seconds / "
         f"{result.cpus} CPUs)",
         f"  overhead share        {100 * result.overhead_share:.1f} % of round time is not torch work "

@@ -96,8 +96,12 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     """One run, replace_dead on: edge-0, killed mid-round 2, is restarted in place from its
     round-1 checkpoint and keeps its devices; the root, killed mid-round 3, is restarted
     from its round-2 checkpoint (the root restarts whatever replace_dead says: restart_root,
-    tested in tests/test_supervision.py). Every node trains every round."""
-    config = config.with_changes(training={"rounds": 3}, supervision={"replace_dead": True})
+    tested in tests/test_supervision.py). Every node trains every round. One round in
+    flight, so each kill lands in the round it aims at: with two, edge-0 may finish its
+    part of round 2 before the kill (batched calls are quick), its death then shows in
+    round 3, and the root's kill hits round 3's retry, a second loss the runtime refuses."""
+    config = config.with_changes(training={"rounds": 3}, supervision={"replace_dead": True},
+                                 runtime={"rounds_in_flight": 1})
     runner = RayRunner(replace(plan, config=config))
     kill_during_round(runner, "edge-0", 2)
     kill_during_round(runner, "cloud-0", 3)
@@ -110,9 +114,7 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     assert sorted({r.round for r in records if r.node == "edge-0"}) == [1, 2, 3]
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2, 3]
     events = read_events(tmp_path / "events.parquet")
-    # Two rounds in flight: the kill aimed at round 3 may be handled before the one aimed
-    # at round 2, so the order of the restarts is not fixed; that each had a checkpoint is.
-    assert sorted(e.node for e in events if e.kind == "restart") == ["cloud-0", "edge-0"]
+    assert [e.node for e in events if e.kind == "restart"] == ["edge-0", "cloud-0"]
     assert not [e for e in events if e.kind == "restart_fresh"]
     assert not [e for e in events if e.kind == "reparent"]
 
@@ -135,7 +137,7 @@ def test_a_node_that_fails_inside_a_batch_fails_alone(ray_session, config, plan,
     edge-1) learn and answer in one call (rayagg/core/schedule.py's batches). device-2 is
     stopped before that call runs: its steps answer a failure, device-0's succeed in the
     same call, and only device-2 is declared dead; the round is retried without it."""
-    config = config.with_changes(training={"rounds": 1}, runtime={"rounds_in_flight": 1})
+    config = packed(config, device=4).with_changes(training={"rounds": 1}, runtime={"rounds_in_flight": 1})
     faults = FaultsInRounds(("edge-0", 1, "stop", "device-2"))  # edge-0's first call precedes the devices'
     faults.runner = runner = RayRunner(replace(plan, config=config), faults=faults.fault)
     seen = StepsSeen()
@@ -143,7 +145,9 @@ def test_a_node_that_fails_inside_a_batch_fails_alone(ray_session, config, plan,
     first = [(node, call) for attempt, node, call in seen.seen if attempt == 1]
     assert ("device-0", "learn") in first and ("device-0", "logits") in first
     assert not [step for step in first if step[0] == "device-2"]
-    assert ("edge-1", "learn") not in first  # it took device-2's failed answer
+    # edge-1's learn from device-2 took its failed answer; its other learns ran, as all of
+    # edge-0's did (the two subtrees have the same shape)
+    assert first.count(("edge-1", "learn")) == first.count(("edge-0", "learn")) - 1
     assert inspected["dead"] == {"device-2"}
     events = read_events(tmp_path / "events.parquet")
     assert [e.node for e in events if e.kind == "declare_dead"] == ["device-2"]

@@ -9,9 +9,11 @@ answers one value per step, each in its own object (``num_returns``), so a step 
 takes another's answer fetches that answer alone.
 
 Failures are data: a step that raises answers :class:`Failed` and the other nodes of the
-batch carry on; the node's later steps in the batch, and any step elsewhere that takes
-a failed answer, answer the same :class:`Failed`, and the driver reads it as it read
-the exception before (rayagg/runtime/waiting.py). A host that dies fails its whole call,
+batch carry on; the node's later steps in the batch, and any step that takes a failed
+answer, answer the same :class:`Failed`, and the driver reads it as it read the
+exception before (rayagg/runtime/waiting.py). A step that only took a failed answer
+never ran, so its node's later steps run: as with one call per step, where Ray fails
+just the call whose argument failed. A host that dies fails its whole call,
 and a call that takes an answer of a dead host fails whole too (Ray resolves its inputs
 first): both are deaths, after which the round is retried anyway.
 
@@ -65,16 +67,15 @@ def run(items: Sequence[Item], inputs: Sequence[Any], step: Callable[..., Any]) 
     """Runs ``step(node, call, *args)`` for each item in order, the inputs put back in the
     arguments; returns one answer per item (:class:`Failed` where it failed)."""
     answers: list[Any] = []
-    failed: dict[str, Failed] = {}  # node -> its failure: the node's later steps are skipped
+    raised: dict[str, Failed] = {}  # node -> its failure: the node's later steps are skipped
     for node, call, args in items:
         resolved = [inputs[arg.index] if isinstance(arg, Input) else arg for arg in args]
-        failure = failed.get(node) or next((a for a in resolved if isinstance(a, Failed)), None)
+        failure = raised.get(node) or next((a for a in resolved if isinstance(a, Failed)), None)
         if failure is None:
             try:
                 answers.append(step(node, call, *resolved))
                 continue
             except Exception as exc:  # data, not an exception: the batch's other nodes go on
-                failure = Failed(node, call, exc)
-        failed[node] = failure
+                failure = raised[node] = Failed(node, call, exc)
         answers.append(failure)
     return answers

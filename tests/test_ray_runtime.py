@@ -190,6 +190,9 @@ def test_bench_runs_both_drivers_and_explains_the_round(ray_session, quick_confi
     by_node = r["critical_path_by_node"]
     assert set(by_node) <= {x.node for x in ray_records}
     assert sum(sum(calls.values()) for calls in by_node.values()) == pytest.approx(2 * r["critical_path_s"])
+    # Four devices to a host: the steps they take together travel in one Ray call.
+    assert 0 < r["calls_per_round"] < r["steps_per_round"]
+    assert f"Ray calls             {r['calls_per_round']:.0f} per round" in result.output
     assert r["gflops_machine"] > 0 and 0 < r["gflops_achieved"] < r["gflops_machine"]
     assert r["peak_rss_bytes"] > 100 * 2**20 and r["inprocess_peak_rss_bytes"] > 100 * 2**20
     trained_per_round = 2 * sum(x.bridge_samples for x in ray_records if x.round == 1 and x.tier != "cloud")

@@ -27,13 +27,20 @@ def all_but(state, now, *silent):
 
 
 def test_a_stamp_tells_a_starved_sender_by_its_send_gaps():
-    sender = beats.received(None, beats.Stamp("device-host-0", 0, 50.0), 10.0, beats.Stalls())
-    sender = beats.received(sender, beats.Stamp("device-host-0", 1, 51.0), 11.0, beats.Stalls())
+    sender = beats.received(None, beats.Stamp("device-host-0", 1, 50.0), 10.0, beats.Stalls())
+    sender = beats.received(sender, beats.Stamp("device-host-0", 2, 51.0), 11.0, beats.Stalls())
     # the host's thread slept 4.5 s past its 1 s interval: its own clock says so
-    sender = beats.received(sender, beats.Stamp("device-host-0", 2, 56.5), 16.6, beats.Stalls())
+    sender = beats.received(sender, beats.Stamp("device-host-0", 3, 56.5), 16.6, beats.Stalls())
     assert sender.max_send_gap_s == pytest.approx(5.5)
     assert sender.max_silence_s == pytest.approx(5.6)
-    assert (sender.seq, sender.arrived_at) == (2, 16.6)
+    assert (sender.seq, sender.arrived_at) == (3, 16.6)
+
+
+def test_the_wait_for_the_first_beats_answer_is_no_send_gap():
+    # Beat 0 waited 4 s for the supervisor's answer; the thread's first beat came 1 s later.
+    sender = beats.received(None, beats.Stamp("edge-0", 0, 20.0), 4.0, beats.Stalls())
+    sender = beats.received(sender, beats.Stamp("edge-0", 1, 25.0), 5.0, beats.Stalls())
+    assert sender.max_send_gap_s == 0.0 and sender.max_silence_s == pytest.approx(1.0)
 
 
 def test_a_starved_supervisor_is_not_a_starved_sender():

@@ -25,7 +25,8 @@ from typing import Iterable, Mapping, Optional
 @dataclass(frozen=True)
 class Stamp:
     """What a host puts on each heartbeat: its name, how many it sent before, and when it
-    sent this one by its own ``time.monotonic()`` (only ever compared with its own)."""
+    sent this one by its own ``time.monotonic()`` (only ever compared with its own). Beat
+    0 is the synchronous one a host sends before its beating thread starts."""
 
     host: str
     seq: int
@@ -52,7 +53,9 @@ def received(sender: Optional[Sender], stamp: Stamp, now: float, stalls: "Stalls
     if stamp.seq <= sender.seq:
         return replace(sender, arrived_at=max(now, sender.arrived_at),
                        max_silence_s=max(sender.max_silence_s, silence))
-    gap = (stamp.sent_at - sender.sent_at) / (stamp.seq - sender.seq)  # beats lost on the way do not count
+    # Beats lost on the way do not count. Nor does the wait after beat 0: a host sends it
+    # and waits for the supervisor's answer before its beating thread starts.
+    gap = 0.0 if sender.seq == 0 else (stamp.sent_at - sender.sent_at) / (stamp.seq - sender.seq)
     return Sender(stamp.seq, stamp.sent_at, now, max(sender.max_send_gap_s, gap), max(sender.max_silence_s, silence))
 
 

@@ -100,8 +100,13 @@ class SupervisorActor:
     async def tick(self) -> Decision:
         """Probes the hosts of silent nodes, then decides now (see ``supervision.decide``)."""
         now = self._awake()
-        if self._state.policy.probe_timeout_s > 0:
-            self._probe_suspects(now)
+        policy = self._state.policy
+        if policy.probe_timeout_s > 0:
+            sent = self._probe_suspects(now)
+            if sent:
+                # A probe to a dead actor fails at once: decide on it now, not a tick later.
+                await asyncio.wait(sent, timeout=min(policy.probe_timeout_s, policy.heartbeat_interval_s / 4))
+                now = self._awake()
         try:
             self._state, actions = supervision.decide(self._state, now)
         except NoSurvivorError as exc:
@@ -138,16 +143,19 @@ class SupervisorActor:
 
     # ------------------------------------------------------------ probes and stalls
 
-    def _probe_suspects(self, now: float) -> None:
-        """Sends a probe to each silent node's host that has none in flight; a suspect no
-        host ever named cannot be probed: it is unanswered at once."""
+    def _probe_suspects(self, now: float) -> list[asyncio.Task]:
+        """Sends a probe to each silent node's host that has none in flight (returns them);
+        a suspect no host ever named cannot be probed: it is unanswered at once."""
         hosts, unknown = beats.to_probe(supervision.suspects(self._state, now), self._host_of, self._probes)
         self._state = supervision.unanswered(self._state, unknown)
+        sent = []
         for host, nodes in hosts.items():
             self._probes = self._probes.send(host, now)
             task = asyncio.get_running_loop().create_task(self._probe(host, nodes, now))
             self._tasks.add(task)  # the loop keeps only a weak reference to a task
             task.add_done_callback(self._tasks.discard)
+            sent.append(task)
+        return sent
 
     async def _probe(self, host: str, nodes: list[str], sent_at: float) -> None:
         """Asks ``host`` which of ``nodes`` it runs, within ``probe_timeout_s``; those it

@@ -43,14 +43,23 @@ class Deaths(RunObserver):
 
 
 def start_busy(count: int, nice: int) -> list[subprocess.Popen]:
-    """``count`` processes spinning at niceness ``nice``, each its own process group."""
-    return [subprocess.Popen([sys.executable, "-c", SPIN], preexec_fn=lambda: os.nice(nice),
-                             start_new_session=True) for _ in range(count)]
+    """``count`` processes spinning at niceness ``nice``, in this script's process group:
+    stopping the script's group (Ctrl-C, ``kill -- -PGID``) stops them too; each also dies
+    with this script (parent-death signal)."""
+    return [subprocess.Popen([sys.executable, "-c", SPIN], preexec_fn=lambda: _child_of_this(nice))
+            for _ in range(count)]
+
+
+def _child_of_this(nice: int) -> None:
+    import ctypes
+
+    os.nice(nice)
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent (Linux)
 
 
 def stop_busy(processes: list[subprocess.Popen]) -> None:
     for process in processes:
-        os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
         process.wait()
 
 

@@ -188,6 +188,12 @@ def test_a_boolean_is_no_number(section, key):
         error_of({**base(), section: {key: True}})
 
 
+def test_a_negative_probe_timeout_names_its_field():
+    message = error_of({**base(), "supervision": {"probe_timeout_s": -1}})
+    assert "supervision.probe_timeout_s: Input should be greater than or equal to 0" in message
+    assert parse_config({**base(), "supervision": {"probe_timeout_s": 0}}).supervision.probe_timeout_s == 0
+
+
 def test_numbers_still_read_as_yaml_writes_them():
     config = parse_config({**base(), "training": {"lr": 1, "rounds": 3, "momentum": "0.5"}})
     assert (config.training.lr, config.training.rounds, config.training.momentum) == (1.0, 3, 0.5)

@@ -13,7 +13,12 @@ from rayagg.errors import ConfigError, RayaggError
 from rayagg.nodes import NodeStatus
 
 
-def make_state(policy=FailurePolicy(), load=None, counts=(1, 3, 9), t=0.0) -> SupervisorState:
+# The silence rule alone (no probe): what these tests of the deadline check. Probes are
+# tested in tests/test_beats.py.
+SILENCE_KILLS = FailurePolicy(probe_timeout_s=0)
+
+
+def make_state(policy=SILENCE_KILLS, load=None, counts=(1, 3, 9), t=0.0) -> SupervisorState:
     """Supervision starting at ``t`` with every node's heartbeat seen at ``t``."""
     state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], counts), t,
                                   policy=policy, load=load)
@@ -84,7 +89,8 @@ def test_reported_death_is_immediate_and_reported_is_cleared():
 
 
 def test_never_seen_nodes_count_from_started_at():
-    state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], [1, 3, 9]), 100.0)
+    state = SupervisorState.start(Tree.balanced(["cloud", "edge", "device"], [1, 3, 9]), 100.0,
+                                  policy=SILENCE_KILLS)
     assert dead_after_s(state, "device-0", 101.0) == pytest.approx(4.0)
     state = beat_all_but(state, 103.0, "device-0")
     _, actions = decide(state, 104.9)

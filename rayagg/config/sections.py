@@ -154,8 +154,10 @@ class RuntimeConfig(_Section):
 class SupervisionConfig(_Section):
     """Heartbeats, failure detection and recovery (see rayagg/core/supervision.py).
 
-    A node is dead after ``heartbeat_interval_s * max_missed`` seconds of silence, or at
-    once when a call to it reports its actor died. A dead edge's children move to the
+    A node silent for ``heartbeat_interval_s * max_missed`` seconds is probed: a direct
+    call to its host that must answer within ``probe_timeout_s``; it is dead if no answer
+    comes (0: no probe, silence alone kills), or at once when a call to it reports its
+    actor died. A dead edge's children move to the
     live node of its tier the balancing policy picks (``BalanceConfig``); a dead device leaves the rounds (its bridge
     samples stay with its ancestors unless ``keep_dead_leaf_samples`` is false); a dead
     root is restarted from its last checkpoint. ``replace_dead`` instead replaces a dead
@@ -171,6 +173,7 @@ class SupervisionConfig(_Section):
     restart_root: bool = True
     replace_dead: bool = False
     max_restarts: Int = Field(3, ge=0)
+    probe_timeout_s: Float = Field(10.0, ge=0)
     keep_dead_leaf_samples: bool = True
     rejoin_dead_leaves: bool = False
     checkpoint_every: Int = Field(1, ge=1)

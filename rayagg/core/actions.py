@@ -32,7 +32,7 @@ class NoSurvivorError(RayaggError):
 
 @dataclass(frozen=True, kw_only=True)
 class FailurePolicy:
-    """How long silence may last and what a death may cost.
+    """How long silence may last, how a silent node is probed, and what a death may cost.
 
     Restarts and replacements are capped per node name; re-parenting is a membership
     change and never spends that budget. The defaults are ``config.SupervisionConfig``'s.
@@ -43,12 +43,15 @@ class FailurePolicy:
     restart_root: bool = _DEFAULTS.restart_root
     replace_dead: bool = _DEFAULTS.replace_dead
     max_restarts: int = _DEFAULTS.max_restarts
+    # A node silent past the deadline is probed with this deadline before it is declared
+    # dead; 0: silence alone kills (no probe).
+    probe_timeout_s: float = _DEFAULTS.probe_timeout_s
 
     @classmethod
     def of(cls, config: SupervisionConfig) -> "FailurePolicy":
         return cls(heartbeat_interval_s=config.heartbeat_interval_s, max_missed=config.max_missed,
                    restart_root=config.restart_root, replace_dead=config.replace_dead,
-                   max_restarts=config.max_restarts)
+                   max_restarts=config.max_restarts, probe_timeout_s=config.probe_timeout_s)
 
     def __post_init__(self) -> None:
         if not self.heartbeat_interval_s > 0:
@@ -57,6 +60,8 @@ class FailurePolicy:
             raise ConfigError(f"max_missed must be >= 1, got {self.max_missed}")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if not self.probe_timeout_s >= 0:
+            raise ConfigError(f"probe_timeout_s must be >= 0 (0: no probe), got {self.probe_timeout_s}")
 
     @property
     def deadline_s(self) -> float:
@@ -65,7 +70,8 @@ class FailurePolicy:
 
 
 class Reason(str, Enum):
-    MISSED_HEARTBEATS = "missed_heartbeats"
+    MISSED_HEARTBEATS = "missed_heartbeats"  # silent past the deadline, with probes off
+    UNANSWERED_PROBE = "unanswered_probe"  # silent past the deadline, and its host's probe went unanswered
     ACTOR_DIED = "actor_died"
 
 

@@ -2,7 +2,11 @@
 
 A supervisor actor stamps each heartbeat with its own ``time.monotonic()`` and learns of
 deaths at once when a call raises ActorDiedError. It feeds both into a
-:class:`SupervisorState` and asks :func:`decide` what to do; an executor applies the
+:class:`SupervisorState` and asks :func:`decide` what to do. Silence is counted less the
+supervisor's own stalls (rayagg/core/beats.py); a node silent past its deadline is one of
+the :func:`suspects`, which the actor probes (unless ``probe_timeout_s`` is 0) and
+declares :func:`unanswered` if its probe is not answered in time: only then does
+:func:`decide` declare it dead; an executor applies the
 returned actions (rayagg/core/actions.py: ``ray.kill``, spawning, telling parents about
 new children). Nothing here imports Ray or torch, and time is passed in, so tests drive
 it with plain floats.
@@ -32,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Optional, Sequence
 
+from rayagg.core import beats
 from rayagg.core.actions import (Action, DeclareDead, DropLeaf, FailurePolicy, Join, Leave, NoSurvivorError,
                                  Reason, Rebalance, Rejoin, Reparent, Restart)
 from rayagg.core.balance import BalancingPolicy
@@ -62,6 +67,8 @@ class SupervisorState:
     labels: Mapping[str, Sequence[int]] = field(default_factory=dict)  # leaf -> label counts
     speed: Mapping[str, float] = field(default_factory=dict)  # parent -> seconds per sample, measured
     moved_at: Mapping[str, int] = field(default_factory=dict)  # node -> round it last moved
+    unanswered: frozenset[str] = frozenset()  # probed and silent since the last decide: dead next
+    stalls: beats.Stalls = beats.Stalls()  # spans the supervisor was not scheduled: nobody's silence
 
     @classmethod
     def start(cls, tree: Tree, now: float, *, policy: FailurePolicy = FailurePolicy(),
@@ -86,8 +93,37 @@ def heartbeat_ages(state: SupervisorState, now: float) -> dict[str, float]:
     """node -> seconds of silence at ``now``, counted as :func:`decide` counts it (a node
     never heard from since ``started_at``), for the live nodes of the tree; a restarting
     node is left out until it is heard from, as its silence does not count yet."""
-    return {node: max(0.0, now - state.last_seen.get(node, state.started_at))
+    return {node: silence_s(state, node, now)
             for node in state.tree.nodes if node not in state.dead and node not in state.starting}
+
+
+def silence_s(state: SupervisorState, node: str, now: float) -> float:
+    """Seconds ``node`` has been silent at ``now`` (since ``started_at`` if never heard
+    from), the supervisor's own stalls discounted."""
+    return beats.silence_s(state.last_seen.get(node, state.started_at), now, state.stalls)
+
+
+def suspects(state: SupervisorState, now: float) -> list[str]:
+    """The live nodes silent past the deadline at ``now`` that nothing has condemned yet
+    (no failed call, no unanswered probe), in tree order: the nodes to probe."""
+    condemned = state.dead | state.reported | state.unanswered | state.starting
+    return [node for node in state.tree.nodes
+            if node not in condemned and silence_s(state, node, now) > state.policy.deadline_s]
+
+
+def unanswered(state: SupervisorState, nodes: Iterable[str]) -> SupervisorState:
+    """Records that ``nodes``' host did not answer a probe in time (or answered without
+    them): the next :func:`decide` declares them dead. Dead nodes and nodes not in the
+    tree are ignored."""
+    nodes = {n for n in nodes if n in state.tree.tier_of and n not in state.dead}
+    return replace(state, unanswered=state.unanswered | nodes) if nodes else state
+
+
+def stalled(state: SupervisorState, start: float, end: float) -> SupervisorState:
+    """Records that the supervisor was not scheduled from ``start`` to ``end``: that span
+    is no node's silence. Spans before every live node's last heartbeat are forgotten."""
+    seen = [state.last_seen.get(n, state.started_at) for n in state.tree.nodes if n not in state.dead]
+    return replace(state, stalls=state.stalls.add(start, end).after(min(seen, default=end)))
 
 
 def heartbeats(state: SupervisorState, nodes: Iterable[str], now: float) -> SupervisorState:
@@ -114,7 +150,7 @@ def report_death(state: SupervisorState, node: str) -> SupervisorState:
 
 def dead_after_s(state: SupervisorState, node: str, now: float) -> float:
     """Seconds until ``node`` would be declared dead for silence; negative if overdue."""
-    return state.last_seen.get(node, state.started_at) + state.policy.deadline_s - now
+    return state.policy.deadline_s - silence_s(state, node, now)
 
 
 def place(state: SupervisorState, node: str, candidates: Iterable[str]) -> str:
@@ -174,9 +210,11 @@ def rebalance(state: SupervisorState, round_index: int,
 
 
 def decide(state: SupervisorState, now: float) -> tuple[SupervisorState, list[Action]]:
-    """Declares newly dead nodes and absorbs their deaths.
+    """Declares newly dead nodes and absorbs their deaths: those a failed call reported,
+    those whose probe went unanswered, and, with ``probe_timeout_s`` 0, those silent past
+    the deadline.
 
-    Returns the new state (``reported`` cleared) and the actions, in this order: one
+    Returns the new state (``reported`` and ``unanswered`` cleared) and the actions, in this order: one
     DeclareDead per newly dead node, then the consequences of each death (root first,
     then tier by tier, index order within a tier). All DeclareDeads come first so the
     executor knows every dead actor before it applies any move.
@@ -194,7 +232,7 @@ def decide(state: SupervisorState, now: float) -> tuple[SupervisorState, list[Ac
     deaths = _newly_dead(state, now)
     excluded = state.dead | {death.node for death in deaths}
     actions: list[Action] = list(deaths)
-    state = replace(state, dead=excluded, reported=frozenset())
+    state = replace(state, dead=excluded, reported=frozenset(), unanswered=frozenset())
     for death in deaths:
         state, consequences = _absorb(state, death, excluded, now)
         actions.extend(consequences)
@@ -207,10 +245,13 @@ def _newly_dead(state: SupervisorState, now: float) -> list[DeclareDead]:
         if node in state.dead:
             continue
         seen = state.last_seen.get(node)
-        silent_s = None if seen is None else now - seen
+        silent_s = None if seen is None else beats.silence_s(seen, now, state.stalls)
         if node in state.reported:
             deaths.append(DeclareDead(node, Reason.ACTOR_DIED, silent_s))
-        elif node not in state.starting and now - state.last_seen.get(node, state.started_at) > state.policy.deadline_s:
+        elif node in state.unanswered:
+            deaths.append(DeclareDead(node, Reason.UNANSWERED_PROBE, silent_s))
+        elif (state.policy.probe_timeout_s == 0 and node not in state.starting
+              and silence_s(state, node, now) > state.policy.deadline_s):
             deaths.append(DeclareDead(node, Reason.MISSED_HEARTBEATS, silent_s))
     return deaths
 

@@ -31,6 +31,7 @@ import ray
 import torch
 
 from rayagg.core import packing
+from rayagg.core.beats import Stamp
 from rayagg.core.schedule import CallTrace, Scores
 from rayagg.errors import DataError, NodeStoppedError
 from rayagg.learning.averaging import Weights
@@ -66,7 +67,12 @@ def torch_threads(num_cpus: float) -> int:
     return max(1, int(num_cpus))
 
 
-@ray.remote
+# The supervisor's probes (and the test hooks) run in their own concurrency group: a thread
+# of their own, so a host answers while its one main slot is busy with a long training step.
+CONTROL = "control"
+
+
+@ray.remote(concurrency_groups={CONTROL: 1})
 class NodeHost:
     """Carries tree nodes of one tier. Created by the driver only, so a parent's death
     never takes its children with it (actors made inside an actor die with their creator).
@@ -85,6 +91,9 @@ class NodeHost:
         self._stopped: set[str] = set()
         self._wire: dict[str, Counter[tuple]] = {}
         self._trace: Optional[dict[str, list[CallTrace]]] = None  # see start_trace
+        self._beating = threading.Event()  # cleared: heartbeats paused (a test hook)
+        self._beating.set()
+        self._hung = threading.Event()  # set: the host hangs (a test hook)
         # A constructor that raises leaves the driver only "ActorDiedError", the cause
         # buried in the actor's log; kept here, ``ready`` raises it where the driver sees it.
         self._start_error: Optional[BaseException] = None
@@ -161,18 +170,48 @@ class NodeHost:
         seconds; torch releases the GIL in its kernels, so the thread still runs.
         """
         # The first beat is synchronous: the supervisor then counts silence from now,
-        # not from before this actor (maybe a restart) was created.
-        ray.get(supervisor.heartbeat.remote(self.nodes()), timeout=60)
+        # not from before this actor (maybe a restart) was created. It also hands over
+        # this host's handle, which the supervisor probes when the host falls silent.
+        me = ray.get_runtime_context().current_actor
+        ray.get(supervisor.heartbeat.remote(self.nodes(), Stamp(self._name, 0, time.monotonic()), me), timeout=60)
 
         def beat() -> None:
-            while True:  # a daemon thread: it ends with the actor's process
+            seq = 0
+            while not self._hung.is_set():  # a daemon thread: it ends with the actor's process
                 time.sleep(interval_s)
+                if not self._beating.is_set():
+                    continue
+                seq += 1  # stamped with this host's clock: a late send shows as a gap in it
                 try:
-                    supervisor.heartbeat.remote(self.nodes())
+                    supervisor.heartbeat.remote(self.nodes(), Stamp(self._name, seq, time.monotonic()))
                 except Exception as exc:  # keep beating: one failed send must not silence the host
                     print(f"{self._name}: heartbeat not sent: {exc!r}", file=sys.stderr, flush=True)
 
         threading.Thread(target=beat, name=f"heartbeat-{self._name}", daemon=True).start()
+
+    @ray.method(concurrency_group=CONTROL)
+    def probe(self, nodes: list[str]) -> list[str]:
+        """The supervisor asks whether a silent host lives: answers which of ``nodes`` it
+        runs now (stopped ones excluded). Runs beside a busy main slot (its own group)."""
+        self._hang_if_hung()
+        carried = set(self.nodes())
+        return [node for node in nodes if node in carried]
+
+    @ray.method(concurrency_group=CONTROL)
+    def pause_heartbeats(self, paused: bool = True) -> None:
+        """A test hook: stops (or resumes) sending heartbeats; calls and probes still answer."""
+        (self._beating.clear if paused else self._beating.set)()
+
+    @ray.method(concurrency_group=CONTROL)
+    def hang(self) -> None:
+        """A test hook: the host hangs as a deadlocked process would: no more heartbeats,
+        and every later call (probes included) and the protocol call now running, at its
+        next node, never return. Only killing the actor ends it."""
+        self._hung.set()
+
+    def _hang_if_hung(self) -> None:
+        if self._hung.is_set():
+            threading.Event().wait()  # forever
 
     def ready(self) -> HostReport:
         """Where this host runs, with what and for whom. Raises the constructor's exception
@@ -322,6 +361,7 @@ class NodeHost:
                 CallTrace(call, seconds, torch_s, cpu - started[1], time.time() - seconds))
 
     def _state(self, node: str) -> NodeState:
+        self._hang_if_hung()
         if node in self._stopped:
             raise NodeStoppedError(node, f"stopped: it left host {self._name}")
         try:

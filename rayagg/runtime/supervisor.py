@@ -12,17 +12,25 @@ plan rather than asking itself (rayagg/core/capacity.py).
 It is an async actor with ``num_cpus=0``, placed on the driver's Ray node (it shares the
 driver's fate, not a worker machine's): heartbeats never queue behind anything, and
 it needs no CPU reservation.
+
+Silence alone does not kill (docs/failures.md, "Heartbeats under load"): a node silent
+past its deadline is probed, a direct call to its host's ``probe`` in the host's own
+concurrency group with a deadline of ``probe_timeout_s``; answered, the node lives;
+unanswered, the next ``tick`` declares it dead. A watcher task notes the spans in which
+this actor was not scheduled, which count as nobody's silence (rayagg/core/beats.py).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import sys
 import time
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import ray
 
 from rayagg.config import Elastic
-from rayagg.core import supervision
+from rayagg.core import beats, supervision
 from rayagg.core.actions import Decision, FailurePolicy, NoSurvivorError
 from rayagg.core.balance import BalancingPolicy
 from rayagg.core.capacity import Capacity
@@ -49,17 +57,40 @@ class SupervisorActor:
         self._round, self._rounds = round_index, 0  # the round in flight (or done) and the run's last
         self._capacity = capacity  # None: the autoscaler is not asked ahead
         self._planned = frozenset(n for n in tree.nodes if n not in self._state.dead)  # the runner's last plan
+        # Heartbeats under load: who sent what when, the hosts to probe, this actor's stalls.
+        self._senders: dict[str, beats.Sender] = {}  # host -> its beats so far
+        self._host_of: dict[str, str] = {}  # node -> the host whose beat last named it
+        self._handles: dict[str, Any] = {}  # host -> its actor, to probe
+        self._probes = beats.Probes()
+        self._awake_at = 0.0  # when this actor last ran (see _awake)
+        self._stalled_s = 0.0
+        self._watcher: Optional[asyncio.Task] = None
+        self._tasks: set[asyncio.Task] = set()  # probes in flight
         # Heartbeat ages and deaths on Ray's metrics endpoint, from a thread every few seconds.
         self._telemetry = RunTelemetry(run)
         self._telemetry.watch_heartbeats(lambda: self._state)
 
-    async def heartbeat(self, nodes: Iterable[str]) -> None:
-        """A host's heartbeat, covering the nodes it runs."""
-        self._state = supervision.heartbeats(self._state, nodes, time.monotonic())
+    async def heartbeat(self, nodes: Iterable[str], stamp: Optional[beats.Stamp] = None,
+                        host: Any = None) -> None:
+        """A host's heartbeat, covering the nodes it runs; ``stamp`` says which host sent it
+        and when; ``host`` (the first beat of a host) is its actor, to probe."""
+        now = self._awake()
+        nodes = list(nodes)
+        self._state = supervision.heartbeats(self._state, nodes, now)
+        if stamp is not None:
+            self._senders[stamp.host] = beats.received(self._senders.get(stamp.host), stamp, now, self._state.stalls)
+            self._host_of.update((node, stamp.host) for node in nodes)
+            if host is not None:
+                self._handles[stamp.host] = host
 
     async def heartbeat_ages(self) -> dict[str, float]:
         """See ``supervision.heartbeat_ages`` (the live view)."""
-        return supervision.heartbeat_ages(self._state, time.monotonic())
+        return supervision.heartbeat_ages(self._state, self._awake())
+
+    async def heartbeat_report(self) -> beats.Report:
+        """What heartbeats and probes did so far (benchmarks/false_deaths.py)."""
+        self._awake()
+        return beats.report(self._senders, self._probes, self._stalled_s)
 
     async def report_death(self, nodes: Iterable[str]) -> None:
         """Calls to ``nodes`` failed because they died (their host, or they alone)."""
@@ -67,9 +98,17 @@ class SupervisorActor:
             self._state = supervision.report_death(self._state, node)
 
     async def tick(self) -> Decision:
-        """Decides now (see ``supervision.decide``)."""
+        """Probes the hosts of silent nodes, then decides now (see ``supervision.decide``)."""
+        now = self._awake()
+        policy = self._state.policy
+        if policy.probe_timeout_s > 0:
+            sent = self._probe_suspects(now)
+            if sent:
+                # A probe to a dead actor fails at once: decide on it now, not a tick later.
+                await asyncio.wait(sent, timeout=min(policy.probe_timeout_s, policy.heartbeat_interval_s / 4))
+                now = self._awake()
         try:
-            self._state, actions = supervision.decide(self._state, time.monotonic())
+            self._state, actions = supervision.decide(self._state, now)
         except NoSurvivorError as exc:
             return self._answer([], fatal=str(exc))
         return self._answer(actions)
@@ -101,6 +140,71 @@ class SupervisorActor:
         """The balancing policy's moves before ``round_index`` (see ``supervision.rebalance``)."""
         self._state, actions = supervision.rebalance(self._state, round_index, busy_s)
         return self._answer(actions)
+
+    # ------------------------------------------------------------ probes and stalls
+
+    def _probe_suspects(self, now: float) -> list[asyncio.Task]:
+        """Sends a probe to each silent node's host that has none in flight (returns them);
+        a suspect no host ever named cannot be probed: it is unanswered at once."""
+        hosts, unknown = beats.to_probe(supervision.suspects(self._state, now), self._host_of, self._probes)
+        self._state = supervision.unanswered(self._state, unknown)
+        sent = []
+        for host, nodes in hosts.items():
+            self._probes = self._probes.send(host, now)
+            task = asyncio.get_running_loop().create_task(self._probe(host, nodes, now))
+            self._tasks.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._tasks.discard)
+            sent.append(task)
+        return sent
+
+    async def _probe(self, host: str, nodes: list[str], sent_at: float) -> None:
+        """Asks ``host`` which of ``nodes`` it runs, within ``probe_timeout_s``; those it
+        names were heard from now, the rest are unanswered."""
+        answer, why = [], ""
+        handle = self._handles.get(host)
+        try:
+            if handle is None:
+                why = "no handle"
+            else:
+                answer = await asyncio.wait_for(handle.probe.remote(nodes), self._state.policy.probe_timeout_s)
+        except asyncio.TimeoutError:
+            why = f"no answer in {self._state.policy.probe_timeout_s:g} s"
+        except Exception as exc:  # an actor that died, a refused call: no answer either way
+            why = f"{type(exc).__name__}: {exc}"
+        now = self._awake()
+        alive = [node for node in nodes if node in answer]
+        self._state = supervision.heartbeats(self._state, alive, now)
+        self._state = supervision.unanswered(self._state, [node for node in nodes if node not in alive])
+        self._probes = self._probes.done(host, answered=bool(alive))
+        silent = ", ".join(nodes)
+        outcome = (f"answered in {now - sent_at:.2f} s: alive" if alive else f"unanswered ({why}): dead")
+        print(f"supervisor: probed {host} for {silent}, silent past {self._state.policy.deadline_s:g} s; "
+              f"{outcome} (probes {self._probes.sent} sent, {self._probes.answered} answered)",
+              file=sys.stderr, flush=True)
+
+    def _awake(self) -> float:
+        """Now; first notes the span since this actor was due to run, if it ran late
+        (it was not scheduled: nobody's silence)."""
+        now = time.monotonic()
+        period = self._state.policy.heartbeat_interval_s / 2
+        if self._watcher is None:
+            # Started with the first call (an async actor's loop runs only from then); the
+            # time before it, while the hosts start, is no stall.
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(period))
+        else:
+            span = beats.own_stall(self._awake_at, now, period, tolerance_s=period)
+            if span is not None:
+                self._state = supervision.stalled(self._state, *span)
+                self._stalled_s += span[1] - span[0]
+        self._awake_at = now
+        return now
+
+    async def _watch(self, period_s: float) -> None:
+        """Wakes every ``period_s`` (half a heartbeat interval), so that a stall is noted
+        even while no call comes in."""
+        while True:
+            await asyncio.sleep(period_s)
+            self._awake()
 
     # ------------------------------------------------------------ scale requests
 

@@ -24,7 +24,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
 import yaml
+from ray._private import ray_constants
 from ray.cluster_utils import Cluster
+
+import psutil  # noqa: E402  (Ray ships psutil in ray/thirdparty_files and puts it on sys.path)
 
 from rayagg.runtime.faults import FaultAt, FaultPoint
 
@@ -84,10 +87,21 @@ class Machines:
         return on
 
     def remove(self, machine: str) -> float:
-        """Kills ``machine``'s raylet and everything on it at once; returns when it began."""
+        """Kills ``machine``'s raylet and everything on it at once; returns when it began.
+
+        Its worker processes (the run's host actors) are SIGKILLed first: they are the
+        raylet's children, and ``Cluster.remove_node`` alone leaves them running for
+        seconds, answering calls and sending heartbeats, which no real machine that dies
+        does."""
         at = time.monotonic()
         self.removed[machine] = at
-        self.cluster.remove_node(self.nodes.pop(machine), allow_graceful=False)
+        node = self.nodes.pop(machine)
+        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, []):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(info.process.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
+        self.cluster.remove_node(node, allow_graceful=False)
         return at
 
 

@@ -75,6 +75,10 @@ class Recovery:
         if nodes:
             self._ask(self.supervisor.report_death.remote(nodes))
 
+    def heartbeat_ages(self) -> dict[str, float]:
+        """Live node -> seconds since its last heartbeat (``supervision.heartbeat_ages``)."""
+        return self._ask(self.supervisor.heartbeat_ages.remote())
+
     def _ask(self, ref: Any) -> Any:
         try:
             return ray.get(ref, timeout=self._timeout_s)

@@ -45,6 +45,7 @@ from rayagg.core.membership import Change
 from rayagg.core import wire
 from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Step, batch_steps
 from rayagg.core.tree import Tree, training_leaves
+from rayagg.core.verdicts import await_verdicts
 from rayagg.errors import RecoveryError
 from rayagg.learning.data import Dataset
 from rayagg.learning.plan import Plan, payloads
@@ -242,8 +243,10 @@ class RayRunner:
                            values(SAVE) if oldest.checkpoint_dir is not None else None, seconds, oldest.wire)
 
     def _retry_oldest(self, settled: Settled) -> None:
-        """Lets the later rounds in flight finish or fail, repairs the tree, and submits the
+        """Lets the later rounds in flight finish or fail, repairs the tree, waits until every
+        live node has been heard from since the failure or declared dead, and submits the
         oldest round again; the later ones are dropped (the loop submits them again)."""
+        seen = time.monotonic()
         first, *later = self._in_flight
         for dropped in later:  # let them finish or fail before the tree changes
             self.settle(dropped.calls, context=f"round {dropped.round}", round_index=dropped.round)
@@ -251,9 +254,19 @@ class RayRunner:
         lost = ", ".join(sorted(settled.died)) or "a node"
         if first.attempt > 1:
             raise RecoveryError(f"round {first.round} lost {lost} again in its retry")
+        self._await_verdicts(seen)  # a machine's other hosts, silent since it died, are declared first
+        self.repair()
         self.record_event(EventKind.RETRY, "", f"round {first.round} retried after losing {lost}")
         self._in_flight.clear()
         self.submit_round(first.round, first.checkpoint_dir, attempt=2)
+
+    def _await_verdicts(self, since: float) -> None:
+        """Waits until every live node has been heard from since ``since`` or declared dead
+        (rayagg/core/verdicts.py), so that a retry does not go to a host that died with the
+        failed ones (the same machine) but had no call pending to show it."""
+        interval_s = self._supervision.heartbeat_interval_s
+        await_verdicts(since=since, deadline_s=interval_s * (self._supervision.max_missed + 1), poll_s=interval_s / 4,
+                       tick=self.recovery.tick, ages=self.recovery.heartbeat_ages)
 
     def leaves_of(self, node: str) -> list[str]:
         """The leaves whose bridge samples ``node`` trains on now."""

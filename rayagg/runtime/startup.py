@@ -90,9 +90,11 @@ def place_bridge_samples(runner: "RayRunner", resume: Optional[RunState]) -> Non
         return
     leaves = [node for node in runner.tree.nodes if runner.tree.is_leaf(node)]
     calls = [runner.hosts.call(leaf, "encode") for leaf in leaves]
-    runner.bridge.encoded({call.node: call.ref for call in calls})
+    samples = await_all(calls, runner.plan.config.runtime.round_timeout_s)
+    # Put by the driver: the one copy of an encode's answer lives on its device's machine,
+    # and is gone with that machine (docs/ray.md); the driver's own lives on its machine.
+    runner.bridge.encoded({call.node: ray.put(item) for call, item in zip(calls, samples)})
     if runner.run_dir is not None:
-        samples = await_all(calls, runner.plan.config.runtime.round_timeout_s)
         runner.store_bridge_samples(samples, store.store_path(runner.run_dir, runner.tree.root))
 
 

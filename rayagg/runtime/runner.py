@@ -263,9 +263,13 @@ class RayRunner:
     def _await_verdicts(self, since: float) -> None:
         """Waits until every live node has been heard from since ``since`` or declared dead
         (rayagg/core/verdicts.py), so that a retry does not go to a host that died with the
-        failed ones (the same machine) but had no call pending to show it."""
-        interval_s = self._supervision.heartbeat_interval_s
-        await_verdicts(since=since, deadline_s=interval_s * (self._supervision.max_missed + 1), poll_s=interval_s / 4,
+        failed ones (the same machine) but had no call pending to show it. A silent node's
+        verdict takes its silence deadline plus, at most, its probe's (supervision.py); with
+        every node alive the wait ends at their next heartbeat."""
+        supervision = self._supervision
+        interval_s = supervision.heartbeat_interval_s
+        deadline_s = interval_s * (supervision.max_missed + 1) + supervision.probe_timeout_s
+        await_verdicts(since=since, deadline_s=deadline_s, poll_s=interval_s / 4,
                        tick=self.recovery.tick, ages=self.recovery.heartbeat_ages)
 
     def leaves_of(self, node: str) -> list[str]:

@@ -109,6 +109,8 @@ def test_impossible_resources_are_rejected_early():
     raw = base()
     raw["tree"]["tiers"][0]["resources"] = {"num_cpus": -1}
     assert "tree.tiers.0.resources.num_cpus" in error_of(raw)
+    raw["tree"]["tiers"][0]["resources"] = {"torch_threads": 0}
+    assert "tree.tiers.0.resources.torch_threads" in error_of(raw)
 
 
 def test_rounds_in_flight_must_be_at_least_one():

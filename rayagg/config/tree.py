@@ -64,6 +64,11 @@ class Resources(_Section):
     memory_mb: Optional[Int] = Field(None, ge=1)
     custom: dict[str, Float] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
+    # torch's intra-op threads for the tier's host actor; None: the host's num_cpus (at
+    # least one). More than num_cpus lets a node on the round's critical path (the cloud)
+    # use cores that Ray counts as the other tiers' but that idle while they wait for it
+    # (docs/benchmarks.md, "Speed"); Ray does not reserve them, so it is oversubscription.
+    torch_threads: Optional[Int] = Field(None, ge=1)
 
     @field_validator("custom")
     @classmethod

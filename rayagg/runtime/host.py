@@ -110,7 +110,7 @@ class NodeHost:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for CPU-only actors, which would let
             # them see every GPU of the machine; hide them before CUDA initialises.
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        torch.set_num_threads(torch_threads(resources.num_cpus * len(layout.nodes)))
+        torch.set_num_threads(resources.torch_threads or torch_threads(resources.num_cpus * len(layout.nodes)))
         use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
         self._device = torch.device("cuda" if use_cuda else "cpu")
         leaves = [node for node in layout.nodes if plan.is_leaf(node)]

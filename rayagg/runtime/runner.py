@@ -254,23 +254,25 @@ class RayRunner:
         lost = ", ".join(sorted(settled.died)) or "a node"
         if first.attempt > 1:
             raise RecoveryError(f"round {first.round} lost {lost} again in its retry")
-        self._await_verdicts(seen)  # a machine's other hosts, silent since it died, are declared first
+        unheard = self._await_verdicts(seen)  # a machine's other hosts, silent since it died, are declared first
         self.repair()
-        self.record_event(EventKind.RETRY, "", f"round {first.round} retried after losing {lost}")
+        unheard_note = f"; not heard from since: {', '.join(sorted(unheard))}" if unheard else ""
+        self.record_event(EventKind.RETRY, "", f"round {first.round} retried after losing {lost}{unheard_note}")
         self._in_flight.clear()
         self.submit_round(first.round, first.checkpoint_dir, attempt=2)
 
-    def _await_verdicts(self, since: float) -> None:
+    def _await_verdicts(self, since: float) -> frozenset[str]:
         """Waits until every live node has been heard from since ``since`` or declared dead
         (rayagg/core/verdicts.py), so that a retry does not go to a host that died with the
         failed ones (the same machine) but had no call pending to show it. A silent node's
         verdict takes its silence deadline plus, at most, its probe's (supervision.py); with
-        every node alive the wait ends at their next heartbeat."""
+        every node alive the wait ends at their next heartbeat. Returns the live nodes still
+        unheard at the deadline (the retry goes out anyway and names them in its event)."""
         supervision = self._supervision
         interval_s = supervision.heartbeat_interval_s
         deadline_s = interval_s * (supervision.max_missed + 1) + supervision.probe_timeout_s
-        await_verdicts(since=since, deadline_s=deadline_s, poll_s=interval_s / 4,
-                       tick=self.recovery.tick, ages=self.recovery.heartbeat_ages)
+        return await_verdicts(since=since, deadline_s=deadline_s, poll_s=interval_s / 4,
+                              tick=self.recovery.tick, ages=self.recovery.heartbeat_ages)
 
     def leaves_of(self, node: str) -> list[str]:
         """The leaves whose bridge samples ``node`` trains on now."""

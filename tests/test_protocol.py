@@ -9,7 +9,7 @@ from torch import nn
 
 from rayagg.learning import autoencoder, protocol
 from rayagg.errors import TrainingError
-from rayagg.learning.node import BridgeSamples, NodeState
+from rayagg.learning.node import BridgeSamples, LocalData, NodeState
 from rayagg.learning.protocol import DistillSettings
 
 
@@ -291,3 +291,36 @@ def test_a_checkpoint_from_before_fused_sgd_keeps_the_optimizer_fused():
     load_optimizer_state(fused, old.state_dict())
     assert fused.param_groups[0]["fused"] is True
     assert torch.equal(fused.state[model.weight]["momentum_buffer"], old.state[model.weight]["momentum_buffer"])
+
+
+def node_with_bridge(name, leaves, *, n=12, local=False):
+    """A node of the small model holding ``n`` bridge samples of each of ``leaves``."""
+    model = small_model()
+    optimizer = protocol.make_optimizer(model, lr=0.01, momentum=0.9, weight_decay=0.0)
+    labels = torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(2))
+    data = LocalData(torch.rand(n, 1, 8, 8), labels) if local else None
+    node = NodeState(name, model, decoder=autoencoder.Decoder(1), settings=DistillSettings(batch_size=8),
+                     optimizer=optimizer, seed=0, local=data)
+    for leaf in leaves:
+        codes = torch.rand(n, autoencoder.CODE_CHANNELS, 2, 2).numpy()
+        node.add_bridge_samples(BridgeSamples(leaf, codes, labels.numpy()))
+    return node
+
+
+def test_a_leaf_keeps_no_gradients_and_no_second_copy_of_its_samples_between_calls():
+    node = node_with_bridge("device-0", ["device-0"], local=True)
+    node.logits(["device-0"])
+    node.learn(["device-0"], torch.randn(12, 5))
+    held = node.held_bytes()
+    params = sum(p.numel() * 4 for p in node.model.parameters())
+    assert held["gradients"] == 0 and held["batches"] == 0
+    assert held["optimizer"] == params  # the momentum, which must carry over
+    assert held["decoded"] == 12 * 1 * 8 * 8 * 4
+
+
+def test_a_parent_caches_the_concatenation_of_several_leaves_only():
+    node = node_with_bridge("edge-0", ["device-0", "device-1"])
+    node.learn(["device-0"], torch.randn(12, 5))
+    assert node.held_bytes()["batches"] == 0
+    node.learn(["device-0", "device-1"], torch.randn(24, 5))
+    assert node.held_bytes()["batches"] == node.held_bytes()["decoded"] + 24 * 8

@@ -89,4 +89,5 @@ def local_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, images: tor
             loss.backward()
             optimizer.step()
             losses.append(value)
+    optimizer.zero_grad(set_to_none=True)  # as protocol.directional_pass: only memory between calls
     return sum(losses) / len(losses)

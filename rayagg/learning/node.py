@@ -65,9 +65,10 @@ class NodeState:
         self._generator = torch.Generator().manual_seed(node_seed(seed, name))
         self._bridge: dict[str, BridgeSamples] = {}
         self._decoded: dict[str, torch.Tensor] = {}
-        # Concatenated inputs per subtree: a parent asks for the same leaves every round,
-        # and re-concatenating a large subtree's images twice per pair is pure copying
-        # (the price: a second copy of the decoded samples while the cache holds).
+        # Concatenated inputs per subtree of several leaves: a parent asks for the same
+        # leaves every round, and re-concatenating a large subtree's images twice per pair
+        # is pure copying (the price: a second copy of those samples while the cache
+        # holds). One leaf's samples need no concatenation, so they are never copied.
         self._batches: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.work_s = 0.0
         self.slowdown = slowdown  # test-bench emulation of a slower machine (config.EmulationConfig)
@@ -185,6 +186,23 @@ class NodeState:
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         return protocol.evaluate(self.model, images, labels)
 
+    def held_bytes(self) -> dict[str, int]:
+        """The bytes this node's own tensors hold, by purpose: what a node costs a host
+        (benchmarks/scale.py prints it; the frozen autoencoder is the host's, not counted)."""
+        def size(tensors) -> int:
+            return sum(t.numel() * t.element_size() for t in tensors)
+        params = list(self.model.parameters())
+        local = (self.local.images, self.local.labels) if self.local is not None else ()
+        momentum = (value for state in self.optimizer.state.values() for value in state.values()
+                    if torch.is_tensor(value))
+        return {"model": size(params) + size(self.model.buffers()),
+                "gradients": size(p.grad for p in params if p.grad is not None),
+                "optimizer": size(momentum),
+                "local": size(local),
+                "bridge": sum(s.codes.nbytes + s.labels.nbytes for s in self._bridge.values()),
+                "decoded": size(self._decoded.values()),
+                "batches": size(t for batch in self._batches.values() for t in batch)}
+
     def take_work_s(self) -> float:
         """Returns the seconds spent in logits/learn since the last call, and resets them."""
         spent, self.work_s = self.work_s, 0.0
@@ -203,6 +221,8 @@ class NodeState:
         missing = [leaf for leaf in leaves if leaf not in self._bridge]
         if missing:
             raise KeyError(f"{self.name} holds no bridge samples of {missing}")
+        if len(leaves) == 1:
+            return self._decoded[leaves[0]], torch.from_numpy(self._bridge[leaves[0]].labels)
         key = tuple(leaves)
         if key not in self._batches:
             images = torch.cat([self._decoded[leaf] for leaf in leaves])

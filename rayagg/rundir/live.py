@@ -21,7 +21,7 @@ import json
 import pathlib
 import socket
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from rayagg.core.tree import Tree
@@ -45,7 +45,9 @@ def write_live(run_dir: pathlib.Path, address: str, namespace: str, pid: int, ho
                     if value is not None}
     record = {"address": address, "namespace": namespace, "pid": pid, "hostname": hostname, **identity,
               **({"view": view} if view is not None else {})}
-    write_atomic(as_path(run_dir) / LIVE_FILE, json.dumps(record, indent=1).encode())
+    # Compact: an indented dump runs json's pure-Python encoder, ten times slower on a
+    # 10,000-node view than the C one; `rayagg status` is what people read it with.
+    write_atomic(as_path(run_dir) / LIVE_FILE, json.dumps(record, separators=(",", ":")).encode())
 
 
 def process_start(pid) -> Optional[int]:
@@ -146,7 +148,8 @@ def to_record(views: Sequence[NodeView], *, rounds: int, done: int, in_flight: S
               updated: float) -> dict[str, Any]:
     """The JSON-ready view: the run's progress and every node."""
     return {"updated": updated, "rounds": rounds, "done": done, "in_flight": list(in_flight),
-            "nodes": [asdict(view) for view in views]}
+            # Every field is a plain value: asdict's recursive copy took a 10,000-node view a second.
+            "nodes": [dict(vars(view)) for view in views]}
 
 
 def from_record(record: Mapping[str, Any]) -> list[NodeView]:

@@ -2,8 +2,11 @@
 
 ``begin`` records where the run can be reached (its Ray cluster and namespace) before
 the hosts start; from then on the view of the tree (rayagg/rundir/live.py) is rewritten
-when the tree is up, after every collected round, and at most every LIVE_EVERY_S while
-the runtime waits; each node's accuracy shows as soon as its evaluation arrives. The
+when the tree is up, after every collected round, and while the runtime waits at most
+every LIVE_EVERY_S, or every LIVE_COST_SHARE-th of the driver's time on a tree so large
+that writing the view takes long (a 10,000-device view takes tenths of a second, and the
+driver's time is the supervision's); each node's accuracy shows as soon as its
+evaluation arrives. The
 record goes when the run ends. ``rayagg status RUN_DIR`` reads it; ``rayagg scale``
 finds the run's supervisor through it.
 """
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from rayagg.runtime.runner import RayRunner
 
 LIVE_EVERY_S = 2.0  # how often, at most, live.json is rewritten while the runtime waits
+LIVE_COST_SHARE = 0.05  # the most of the driver's waiting time those rewrites may take
 
 
 class LivePublisher(RunObserver):
@@ -36,6 +40,7 @@ class LivePublisher(RunObserver):
         self._scores: dict[str, tuple[int, float]] = {}  # node -> (round, accuracy) last evaluated
         self._done = runner.round_index  # the last round collected
         self._published = 0.0  # when live.json was last written (monotonic)
+        self._every_s = LIVE_EVERY_S  # the wait before the next rewrite while waiting
 
     def begin(self) -> None:
         """The record without a view: the run is starting (``rayagg status`` says so)."""
@@ -49,7 +54,7 @@ class LivePublisher(RunObserver):
             self._scores[node] = (round_index, value.accuracy)
 
     def waiting(self) -> None:
-        if time.monotonic() - self._published >= LIVE_EVERY_S:
+        if time.monotonic() - self._published >= self._every_s:
             self.publish()
 
     def round_collected(self, result: RoundResult, records: Sequence[NodeMetrics]) -> None:
@@ -62,7 +67,7 @@ class LivePublisher(RunObserver):
     def publish(self) -> None:
         """Rewrites live.json with the tree as it is now (heartbeat ages from the
         supervisor: a view goes out without them rather than hold up the round)."""
-        self._published = time.monotonic()
+        started = self._published = time.monotonic()
         runner = self._runner
         try:
             ages = ray.get(runner.recovery.supervisor.heartbeat_ages.remote(), timeout=LIVE_EVERY_S)
@@ -76,6 +81,7 @@ class LivePublisher(RunObserver):
             self._scores, ages)
         self._write(to_record(views, rounds=runner.plan.config.training.rounds, done=self._done,
                               in_flight=runner.rounds_pending, updated=time.time()))
+        self._every_s = max(LIVE_EVERY_S, (time.monotonic() - started) / LIVE_COST_SHARE)
 
     def _write(self, view) -> None:
         write_live(self._runner.run_dir, self._address, self._runner.namespace, os.getpid(), socket.gethostname(),

@@ -96,7 +96,9 @@ class Recovery:
         decision is fatal."""
         if decision.fatal:
             raise RecoveryError(decision.fatal)
-        self.tree, self.dead, self.left = decision.tree, decision.dead, decision.left
+        if decision.tree != self.tree:  # an equal tree keeps the old one's cached indexes
+            self.tree = decision.tree
+        self.dead, self.left = decision.dead, decision.left
         for action in decision.actions:
             if not isinstance(action, APPLIED):
                 raise TypeError(f"unknown action {action!r}")

@@ -12,10 +12,17 @@ Prints, for the "Scale" tables of docs/benchmarks.md:
 * start-up: Ray start to the first round (hosts started, bridge samples encoded, stored
   and sent up, the round-0 checkpoint written);
 * each round's wall-clock seconds, and the cloud's busy seconds in it (its logits and
-  learn calls: the chain every round waits on) against the other tiers' summed work.
+  learn calls: the chain every round waits on) against the other tiers' summed work;
+* the CPU bound of the rounds: the CPU seconds the hosts spent from the first round's
+  submission to the end of the last (/proc/PID/stat, every call and its serialisation)
+  over the machine's CPUs, against the rounds' wall-clock seconds, and the driver's CPU;
+* what the nodes' tensors hold, per tier and purpose (``NodeHost.held_bytes``): the rest
+  of a node's memory is Python objects and the allocator's slack.
 """
 import argparse
+import os
 import pathlib
+import resource
 import tempfile
 import threading
 import time
@@ -30,6 +37,13 @@ from rayagg.observe import RunObserver
 from rayagg.runtime.host import HostReport, NodeHost
 
 MB = 2**20
+
+
+def cpu_s(pid: int) -> float:
+    """The user + system CPU seconds of process ``pid`` of this machine so far."""
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 on
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def used_mb() -> float:
@@ -62,15 +76,32 @@ class Measure(RunObserver):
         self.round_s: list[float] = []
         self.hosts_now: dict[str, HostReport] = {}
         self.empty_mb: dict[str, float] = {}
+        self.held: dict[str, dict[str, int]] = {}  # tier -> purpose -> bytes
+        self.pids: list[int] = []
+        self.cpu_at_first_round = self.hosts_cpu_s = self.driver_cpu_s = 0.0
+
+    def run_started(self, run) -> None:
+        handles, timeout_s = self.runner.hosts.handles.values(), self.runner.plan.config.runtime.startup_timeout_s
+        self.pids = [report.pid for report in ray.get([h.ready.remote() for h in handles], timeout=timeout_s)]
 
     def round_submitted(self, round_index, steps, attempt) -> None:
-        self.marks.setdefault("first_round", time.monotonic())
+        if "first_round" not in self.marks:
+            self.marks["first_round"] = time.monotonic()
+            self.cpu_at_first_round = sum(map(cpu_s, self.pids))
+            self.driver_cpu_s = -_driver_cpu_s()
 
     def round_collected(self, result, records) -> None:
         self.round_s.append(result.seconds)
 
     def run_finished(self, outcome) -> None:
+        self.hosts_cpu_s = sum(map(cpu_s, self.pids)) - self.cpu_at_first_round
+        self.driver_cpu_s += _driver_cpu_s()
         runner, timeout_s = self.runner, self.runner.plan.config.runtime.startup_timeout_s
+        for name, held in zip(runner.hosts.handles, ray.get(
+                [handle.held_bytes.remote() for handle in runner.hosts.handles.values()], timeout=timeout_s)):
+            tier = self.held.setdefault(runner.hosts.layout[name].tier, {})
+            for purpose, size in held.items():
+                tier[purpose] = tier.get(purpose, 0) + size
         self.hosts_now = dict(zip(runner.hosts.handles, ray.get(
             [handle.ready.remote() for handle in runner.hosts.handles.values()], timeout=timeout_s)))
         for name, layout in runner.hosts.layout.items():
@@ -79,6 +110,11 @@ class Measure(RunObserver):
                     ray.put(runner.plan), name, [], *runner.hosts.data_args(name))
                 self.empty_mb[layout.tier] = ray.get(empty.ready.remote(), timeout=timeout_s).rss_mb
                 ray.kill(empty)
+
+
+def _driver_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -120,6 +156,15 @@ def report(config, tree, layout, measure: Measure, records, idle_mb: float, peak
         others = ", ".join(f"{tier} {work[tier]:.1f} s" for tier in tree.tier_names[1:])
         print(f"round {index}: {seconds:.1f} s; cloud busy {work[tree.tier_name(root)]:.1f} s; "
               f"summed work of {others}")
+    wall, cpus = sum(measure.round_s), os.cpu_count()
+    print(f"rounds: {wall:.1f} s; hosts' CPU {measure.hosts_cpu_s:.1f} s, CPU bound "
+          f"{measure.hosts_cpu_s / cpus:.1f} s over {cpus} CPUs: rounds / CPU bound "
+          f"{wall / (measure.hosts_cpu_s / cpus):.2f}; the driver's CPU {measure.driver_cpu_s:.1f} s")
+    for index, tier in enumerate(tree.tier_names):
+        count = len(tree.nodes_of_tier(index))
+        held = measure.held.get(tier, {})
+        print(f"  tensors per {tier} node: {sum(held.values()) / count / 1024:.0f} KB ("
+              + ", ".join(f"{purpose} {size / count / 1024:.0f}" for purpose, size in held.items()) + ")")
     cloud = [r for r in records if r.node == root]
     print("cloud accuracy: " + " ".join(f"{100 * r.accuracy:.1f}%" for r in cloud))
 

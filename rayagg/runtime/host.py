@@ -222,6 +222,13 @@ class NodeHost:
                           ray.get_runtime_context().get_node_id(), torch.get_num_threads(), str(self._device),
                           os.environ.get("CUDA_VISIBLE_DEVICES"), _rss_mb(), _peak_rss_mb())
 
+    def held_bytes(self) -> dict[str, int]:
+        """What this host's nodes' tensors hold in all, by purpose (``NodeState.held_bytes``)."""
+        total: Counter[str] = Counter()
+        for state in self._nodes.values():
+            total.update(state.held_bytes())
+        return dict(total)
+
     def probe_run_dir(self, run_dir: str, token: str) -> Optional[str]:
         """None when RUN_DIR is usable from this host's machine, else why not (see
         ``rundir.probe_run_dir``)."""

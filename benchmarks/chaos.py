@@ -9,17 +9,18 @@ and trains CONFIG on them twice, each time with a driver process of its own
 (benchmarks/chaos_driver.py, what `rayagg run --address` does): first without faults (the
 reference; skipped when ``--reference-accuracy`` is given), then under chaos. Once the
 chaos run has committed its first cut, faults come at random (seeded by ``--seed``; the
-gaps are exponential with mean ``--fault-every`` seconds), each of one kind drawn at
-random: the host actor of a random host of one tier (the root's host included), a whole
-machine (its raylet and every process on it, a fresh machine of its type joining in its
-place), or the driver (SIGKILL; then the run is resumed from its run directory as a user
-would, `rayagg run --resume RUN_DIR`). A driver that fails on its own is resumed the same
-way. Faults wait while a driver is starting. After every collected round the driver
-checks that the root holds every bridge sample of every live or kept leaf, that the tree
-is valid and that metrics have a row per live node; after every cut, and after every
-driver death, that the run directory verifies (rayagg/core/invariants.py). The table:
-faults injected by kind, faults survived, rounds retried, time lost, invariant
-violations, and the final cloud accuracy against the reference.
+gaps are exponential with mean ``--fault-every`` seconds of training: the clock stops
+while a driver starts), each of a kind drawn with weights 3 : 2 : 1: the host actor of a
+random host of a random tier (the root's host included), a whole machine (its raylet and
+every process on it, a fresh machine of its type joining in its place), or the driver
+(SIGKILL; then the run is resumed from its run directory as a user would, `rayagg run
+--resume RUN_DIR`). A driver that fails on its own is resumed the same way. After every
+collected round the driver checks that the root holds every bridge sample of every live
+or kept leaf, that the tree is valid and that metrics have a row per live node; after
+every cut, and after every driver death, that the run directory verifies
+(rayagg/core/invariants.py). The table: faults injected by kind, faults survived, rounds
+retried, time lost, invariant violations, and the final cloud accuracy against the
+reference.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ from rayagg.core.invariants import history_problems  # noqa: E402
 from rayagg.errors import RayaggError  # noqa: E402
 from rayagg.rundir.metrics import read_metrics  # noqa: E402
 
-KINDS = ("host", "machine", "driver")
+# How often each kind of fault is drawn: a driver's death costs a restart of every actor
+# and the rounds in flight, so it comes a sixth of the time.
+KINDS, WEIGHTS = ("host", "machine", "driver"), (3, 2, 1)
 MAX_FAILED_STARTS = 5  # drivers in a row that died before training: give up
 
 
@@ -188,19 +191,21 @@ def run_chaos(driver: Driver, args, machines, definition: dict, tiers: list[str]
             if failed_starts >= MAX_FAILED_STARTS:
                 raise RuntimeError(f"{failed_starts} drivers in a row died before training")
             deaths.append(resume_after_death(driver, rc, time.time()))
+            next_at = None
             continue
-        if next_at is None and (driver.run_dir / "state.json").exists():
-            next_at = time.time() + rng.expovariate(1 / args.fault_every)
-        if next_at is None or time.time() < next_at or not driver.training():
+        if next_at is None and driver.training() and (driver.run_dir / "state.json").exists():
+            next_at = time.time() + rng.expovariate(1 / args.fault_every)  # the clock runs while training
+        if next_at is None or time.time() < next_at:
             time.sleep(0.25)
             continue
-        fault = inject(rng.choice(KINDS), tiers, machines, definition, driver, rng)
+        fault = inject(rng.choices(KINDS, WEIGHTS)[0], tiers, machines, definition, driver, rng)
         if fault is None:
             continue
         faults.append(fault)
         next_at = time.time() + rng.expovariate(1 / args.fault_every)
         if fault.kind == "driver":
             deaths.append(resume_after_death(driver, None, fault.at))
+            next_at = None
     driver.kill()
     raise RuntimeError(f"the chaos run took over {args.timeout_s:.0f} s")
 
@@ -219,13 +224,16 @@ def resume_after_death(driver: Driver, rc: Optional[int], died: float) -> dict:
 
 # ------------------------------------------------------------------ report
 
-def survived(faults: list[Fault], records: list[dict]) -> None:
-    """A fault is survived when a round is collected after it by the driver it hit (a host
-    or machine) or by the driver resumed after it (the driver): not by a resume needed
-    because the fault made the driver fail."""
+def survived(faults: list[Fault], records: list[dict], deaths: list[dict]) -> None:
+    """A fault is survived when a round is collected after it and no driver failed on its
+    own in between (a driver killed by a later fault does not count against it): the
+    runtime recovered, or for the driver the resume did, without a resume forced by the
+    fault making the driver fail."""
+    collected = sorted(r["t"] for r in records if r["kind"] == "round")
+    failed = [d["at"] for d in deaths if d["rc"] != -9]
     for fault in faults:
-        by = fault.driver + (1 if fault.kind == "driver" else 0)
-        fault.survived = any(r["kind"] == "round" and r["driver"] == by and r["t"] > fault.at for r in records)
+        next_round = next((t for t in collected if t > fault.at), None)
+        fault.survived = next_round is not None and not any(fault.at < at < next_round for at in failed)
 
 
 def final_root_accuracy(run_dir: pathlib.Path, rounds: int) -> tuple[float, list[str]]:
@@ -240,7 +248,7 @@ def report(args, faults: list[Fault], deaths: list[dict], driver: Driver, wall_s
     from chaos_driver import run_dir_problems
 
     records = driver.all_records()
-    survived(faults, records)
+    survived(faults, records, deaths)
     accuracy, final = final_root_accuracy(driver.run_dir, args.rounds)
     violations = [p for r in records for p in r.get("problems", [])] + [p for d in deaths for p in d["problems"]]
     violations += final + run_dir_problems(driver.run_dir)

@@ -64,3 +64,56 @@ def test_a_finished_run_has_every_round_once():
     assert history_problems(rows, 3) == []
     assert history_problems(rows + [(2, "edge-0")], 3) == ["round 2: 2 rows for edge-0"]
     assert history_problems([row for row in rows if row[0] != 2], 3) == ["no metrics rows for round(s) [2]"]
+
+
+# ------------------------------------------------------------------ what the chaos run found
+
+class _Runner:
+    """What rayagg.loop._checkpoint reads of a runner."""
+
+    def __init__(self, tree):
+        self.tree, self.dead, self.left, self.checkpoint, self.bridge_stores = tree, frozenset(), frozenset(), None, []
+
+
+def _saved(run_dir, round_index, nodes):
+    """Each node's checkpoint file of the round, written as a round's save step writes it."""
+    from rayagg.files import file_sha256
+    from rayagg.rundir.manifest import checkpoint_file, round_directory
+
+    directory = round_directory(run_dir, round_index)
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    for node in nodes:
+        path = checkpoint_file(directory, node)
+        path.write_bytes(f"{node} after round {round_index}".encode())
+        saved[node] = file_sha256(path)
+    return saved
+
+
+def test_a_node_dead_after_saving_its_round_is_cut_with_that_file_only(tmp_path):
+    """Found by benchmarks/chaos.py: a device that saved its round-2 checkpoint and was
+    declared dead before the cut of round 2 committed was listed with both its round-1 and
+    its round-2 file; the cut's pruning then deleted round 1's directory, and the manifest
+    named a missing file: neither a resume nor `rayagg status` accepted the run again."""
+    from rayagg.loop import _checkpoint
+    from rayagg.observe import Observers
+    from rayagg.rundir.manifest import RunState
+    from rayagg.rundir.resume import verify_cut
+
+    tree = Tree.balanced(TIERS, [1, 1, 2])
+    runner = _Runner(tree)
+    _checkpoint(runner, Observers(), tmp_path, 1, _saved(tmp_path, 1, tree.nodes))
+    runner.dead = frozenset({"device-1"})  # its host died after its round-2 save step
+    _checkpoint(runner, Observers(), tmp_path, 2, _saved(tmp_path, 2, tree.nodes))
+
+    state = RunState.load(tmp_path)
+    verify_cut(state, tmp_path)
+    assert state.checkpoints["device-1"] == "checkpoints/round-0002/device-1.pt"
+    assert sorted(state.digests) == sorted(state.checkpoints.values())
+
+    # a node dead before the round's save keeps its older file, which the pruning keeps
+    runner.dead = frozenset({"device-0", "device-1"})
+    _checkpoint(runner, Observers(), tmp_path, 3, _saved(tmp_path, 3, ["cloud-0", "edge-0"]))
+    state = RunState.load(tmp_path)
+    verify_cut(state, tmp_path)
+    assert state.checkpoints["device-0"] == "checkpoints/round-0002/device-0.pt"

@@ -61,6 +61,7 @@ class InvariantWatch(RunObserver):
     def __init__(self, runner: Any, log: pathlib.Path):
         self.runner, self._log = runner, open(log, "a", buffering=1)
         self.evaluated: dict[int, set[str]] = {}  # round -> the nodes its last attempt evaluates
+        self._asked: Optional[tuple] = None  # (round, expected leaves, leaves routed, the root's count call)
 
     def write(self, kind: str, **fields: Any) -> None:
         self._log.write(json.dumps({"kind": kind, "t": time.time(), **fields}) + "\n")
@@ -79,7 +80,8 @@ class InvariantWatch(RunObserver):
         problems = tree_problems(runner.tree, runner.dead)
         problems += metrics_problems(result.round, [r.node for r in records], self.evaluated.pop(result.round, ()),
                                      runner.live_nodes)
-        problems += self._root_problems(result.round)
+        problems += self._root_problems()  # the previous round's ask, answered by now
+        self._ask_root(result.round)
         root = next((r.accuracy for r in records if r.node == runner.tree.root), None)
         self.write("round", round=result.round, seconds=result.seconds, root_accuracy=root, problems=problems,
                    placement=self._placement())
@@ -87,20 +89,35 @@ class InvariantWatch(RunObserver):
     def checkpoint_committed(self, state: RunState) -> None:
         self.write("cut", round=state.round, problems=run_dir_problems(self.runner.run_dir))
 
-    def _root_problems(self, round_index: int) -> list[str]:
-        """The root's bridge samples; a root that died since the round ended cannot be asked
-        (its death is the next round's business, and its restart re-sends every sample)."""
+    def run_finished(self, outcome) -> None:
+        problems = self._root_problems()
+        if problems:
+            self.write("round", round=None, seconds=None, root_accuracy=None, problems=problems, placement={})
+
+    def _ask_root(self, round_index: int) -> None:
+        """Asks the root's host for its bridge-sample count without waiting: the call runs
+        after the round's later work already queued there, and waiting for it here would
+        hold back the round's cut (a driver killed meanwhile loses the round)."""
         runner = self.runner
-        supervision = runner.plan.config.supervision
-        root = runner.tree.root
-        expected = expected_root_leaves(runner.tree, runner.dead, runner.left, supervision.keep_dead_leaf_samples)
+        root, keep = runner.tree.root, runner.plan.config.supervision.keep_dead_leaf_samples
+        expected = expected_root_leaves(runner.tree, runner.dead, runner.left, keep)
+        held = set(runner.bridge.held.get(root, set()))
+        self._asked = (round_index, expected, held, runner.hosts.call(root, "bridge_sample_count"))
+
+    def _root_problems(self) -> list[str]:
+        """The answer of the last ask; a root that died meanwhile cannot answer (its death is
+        recovered like any other, and its restart re-sends every sample)."""
+        from rayagg.runtime.waiting import await_all
+
+        if self._asked is None:
+            return []
+        (round_index, expected, held, call), self._asked = self._asked, None
         try:
-            count = runner.hosts.ask([root], "bridge_sample_count")[root]
+            (count,) = await_all([call], self.runner.plan.config.runtime.startup_timeout_s)
         except RayaggError as exc:
             self.write("unchecked", round=round_index, why=str(exc))
             return []
-        return root_sample_problems(round_index, expected, runner.plan.shard_sizes,
-                                    runner.bridge.held.get(root, set()), count)
+        return root_sample_problems(round_index, expected, self.runner.plan.shard_sizes, held, count)
 
     def _placement(self) -> dict[str, str]:
         """host -> the Ray node it runs on."""

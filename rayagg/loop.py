@@ -243,7 +243,8 @@ def _checkpoint(runner: Runner, observers: Observers, out_dir: pathlib.Path, rou
     ``saved`` (node -> SHA-256) are the checkpoints the round's own steps wrote, each
     right after that node's work in the round; without it the nodes write them now,
     which the loop asks only when no round is in flight. Either way every file holds
-    that round's state. Dead nodes keep the checkpoint from before they died.
+    that round's state. Dead nodes keep the checkpoint from before they died (this
+    round's, when they saved it before dying).
     """
     previous = runner.checkpoint
     checkpoints: dict[str, str] = {}
@@ -257,6 +258,9 @@ def _checkpoint(runner: Runner, observers: Observers, out_dir: pathlib.Path, rou
         directory = round_directory(out_dir, round_index)
         for node, digest in (saved if saved is not None else runner.save_checkpoints(directory)).items():
             relative = manifest_key(checkpoint_file(directory, node), out_dir)
+            # A node that died after saving this round keeps this file, not also its older
+            # one: the pruning below deletes what ``checkpoints`` does not name.
+            digests.pop(checkpoints.get(node, ""), None)
             checkpoints[node], digests[relative] = relative, digest
     for path in runner.bridge_stores:
         # A store never changes once written: hash it once, then carry its digest over.

@@ -196,6 +196,13 @@ def test_a_negative_probe_timeout_names_its_field():
     assert parse_config({**base(), "supervision": {"probe_timeout_s": 0}}).supervision.probe_timeout_s == 0
 
 
+def test_round_retries_default_to_one_and_need_one():
+    assert parse_config(base()).supervision.round_retries == 1
+    message = error_of({**base(), "supervision": {"round_retries": 0}})
+    assert "supervision.round_retries: Input should be greater than or equal to 1" in message
+    assert parse_config({**base(), "supervision": {"round_retries": 50}}).supervision.round_retries == 50
+
+
 def test_numbers_still_read_as_yaml_writes_them():
     config = parse_config({**base(), "training": {"lr": 1, "rounds": 3, "momentum": "0.5"}})
     assert (config.training.lr, config.training.rounds, config.training.momentum) == (1.0, 3, 0.5)

@@ -164,8 +164,9 @@ class SupervisionConfig(_Section):
     non-leaf by a fresh actor restored from its checkpoint, which keeps its children;
     ``rejoin_dead_leaves`` brings a dead device back at the start of the next round,
     under the node of the tier above the balancing policy picks. Restarts (and re-joins) are capped per
-    node by ``max_restarts``; re-parenting never spends them. ``checkpoint_every`` is in
-    rounds.
+    node by ``max_restarts``; re-parenting never spends them. A round that loses a node is
+    retried on the repaired tree up to ``round_retries`` times before the run fails.
+    ``checkpoint_every`` is in rounds.
     """
 
     heartbeat_interval_s: Float = Field(1.0, gt=0)
@@ -177,6 +178,7 @@ class SupervisionConfig(_Section):
     keep_dead_leaf_samples: bool = True
     rejoin_dead_leaves: bool = False
     checkpoint_every: Int = Field(1, ge=1)
+    round_retries: Int = Field(1, ge=1)
 
 
 # The balancing policies (rayagg/core/balance.py implements one class per name, in this order).

@@ -224,7 +224,8 @@ class RayRunner:
     def collect_round(self) -> RoundResult:
         """Waits for the oldest round in flight; returns its scores, checkpoint digests and
         seconds (from the later of its submission and the previous round's end, to its
-        end). A round that loses a node is retried once on the repaired tree; pairs that
+        end). A round that loses a node is retried on the repaired tree (up to
+        ``supervision.round_retries`` times); pairs that
         had finished train again in the retry. The rounds in flight after it are dropped
         (they were submitted to the tree before the loss; what of them had run on live
         nodes stays done) and the loop submits them again after the retry."""
@@ -252,14 +253,15 @@ class RayRunner:
             self.settle(dropped.calls, context=f"round {dropped.round}", round_index=dropped.round)
         self.repair()
         lost = ", ".join(sorted(settled.died)) or "a node"
-        if first.attempt > 1:
-            raise RecoveryError(f"round {first.round} lost {lost} again in its retry")
+        if first.attempt > self._supervision.round_retries:
+            raise RecoveryError(f"round {first.round} lost {lost} again in its retry"
+                                + (f" ({first.attempt - 1} retries)" if first.attempt > 2 else ""))
         unheard = self._await_verdicts(seen)  # a machine's other hosts, silent since it died, are declared first
         self.repair()
         unheard_note = f"; not heard from since: {', '.join(sorted(unheard))}" if unheard else ""
         self.record_event(EventKind.RETRY, "", f"round {first.round} retried after losing {lost}{unheard_note}")
         self._in_flight.clear()
-        self.submit_round(first.round, first.checkpoint_dir, attempt=2)
+        self.submit_round(first.round, first.checkpoint_dir, attempt=first.attempt + 1)
 
     def _await_verdicts(self, since: float) -> frozenset[str]:
         """Waits until every live node has been heard from since ``since`` or declared dead

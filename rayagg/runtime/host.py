@@ -16,8 +16,6 @@ log the tests read.
 from __future__ import annotations
 
 import os
-import pathlib
-import resource
 import socket
 import sys
 import threading
@@ -41,7 +39,7 @@ from rayagg.learning.plan import (Plan, RawImages, build_node, evaluation_split,
 from rayagg.nodes import describe_nodes
 from rayagg.rundir import checkpoint
 from rayagg.rundir.directory import probe_run_dir
-from rayagg.runtime import batching
+from rayagg.runtime import batching, memory
 from rayagg.storage import as_path
 
 
@@ -220,7 +218,7 @@ class NodeHost:
             raise self._start_error
         return HostReport(self._name, list(self._nodes), os.getpid(), ray.util.get_node_ip_address(),
                           ray.get_runtime_context().get_node_id(), torch.get_num_threads(), str(self._device),
-                          os.environ.get("CUDA_VISIBLE_DEVICES"), _rss_mb(), _peak_rss_mb())
+                          os.environ.get("CUDA_VISIBLE_DEVICES"), memory.rss_mb(), memory.peak_rss_mb())
 
     def held_bytes(self) -> dict[str, int]:
         """What this host's nodes' tensors hold in all, by purpose (``NodeState.held_bytes``)."""
@@ -242,6 +240,7 @@ class NodeHost:
         :class:`~rayagg.runtime.batching.Failed` where a step failed (rayagg/runtime/
         batching.py). Called with ``num_returns=len(items)``: one item's answer is itself."""
         answers = batching.run(items, inputs, lambda node, call, *args: getattr(self, call)(node, *args))
+        memory.return_free_memory()
         return answers[0] if len(answers) == 1 else answers
 
     def encode(self, node: str) -> BridgeSamples:
@@ -386,17 +385,3 @@ def _clocks() -> tuple[float, float]:
     """(wall clock, this process's CPU time), for tracing a call: a host runs one call at
     a time, so the process's CPU time in a call is the call's (all its torch threads)."""
     return time.perf_counter(), time.process_time()
-
-
-def _rss_mb() -> float:
-    """This process's resident memory now, in MiB (Linux; 0 where /proc is missing)."""
-    try:
-        pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -117,3 +117,27 @@ def test_a_node_dead_after_saving_its_round_is_cut_with_that_file_only(tmp_path)
     state = RunState.load(tmp_path)
     verify_cut(state, tmp_path)
     assert state.checkpoints["device-0"] == "checkpoints/round-0002/device-0.pt"
+
+
+@pytest.mark.ray  # imports the runner (and Ray); starts nothing
+def test_a_node_restarted_after_saving_its_round_comes_back_from_that_file(tmp_path, tiny_plan):
+    """Found by benchmarks/chaos.py: a node whose host died after its round-2 save step
+    and was restarted before the loop cut round 2 was restored from round 1 while the cut
+    then named its round-2 file: the live run went on from another state than a resume of
+    that cut would. It comes back from the round-2 file, before the cut and after."""
+    from rayagg.loop import _checkpoint
+    from rayagg.observe import Observers
+    from rayagg.rundir.manifest import checkpoint_file, round_directory
+    from rayagg.runtime.runner import RayRunner, _Saved
+
+    runner = RayRunner(tiny_plan)  # not started: no Ray, only what restores read
+    runner.run_dir = tmp_path
+    _checkpoint(runner, Observers(), tmp_path, 1, _saved(tmp_path, 1, tiny_plan.tree.nodes))
+    assert runner.restore_point("edge-0")[0] == checkpoint_file(round_directory(tmp_path, 1), "edge-0")
+
+    saved = _saved(tmp_path, 2, tiny_plan.tree.nodes)  # round 2 collected, not cut yet
+    runner._saved = _Saved(2, round_directory(tmp_path, 2), saved)
+    round_2 = (checkpoint_file(round_directory(tmp_path, 2), "edge-0"), saved["edge-0"])
+    assert runner.restore_point("edge-0") == round_2
+    _checkpoint(runner, Observers(), tmp_path, 2, saved)
+    assert runner.restore_point("edge-0") == round_2

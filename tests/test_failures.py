@@ -73,6 +73,20 @@ class FaultsInRounds:
                 handle.stop_node.remote(target) if how == "stop" else ray.kill(handle, no_restart=True)
 
 
+class KillWhenCreatedAgain:
+    """A fault hook: kills ``node``'s host the first time it is created again mid-run,
+    before it answers (its machine lost during the restart)."""
+
+    def __init__(self, node):
+        self.node, self.runner, self.killed = node, None, False
+
+    def __call__(self, point):
+        host = self.runner.hosts.home[self.node]
+        if point.at == FaultAt.HOSTS_CREATED and host in point.hosts and not self.killed:
+            self.killed = True
+            ray.kill(self.runner.hosts.handles[host], no_restart=True)
+
+
 @pytest.fixture(scope="module")
 def config(tiny_config):
     """Two rounds on half the tiny tree's training samples and a third of its test samples
@@ -99,10 +113,13 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     tested in tests/test_supervision.py). Every node trains every round. One round in
     flight, so each kill lands in the round it aims at: with two, edge-0 may finish its
     part of round 2 before the kill (batched calls are quick), its death then shows in
-    round 3, and the root's kill hits round 3's retry, a second loss the runtime refuses."""
+    round 3, and the root's kill hits round 3's retry, a second loss the runtime refuses.
+    edge-0's host is also lost while it is created again: that is one more death (and
+    restart), not the end of the run."""
     config = config.with_changes(training={"rounds": 3}, supervision={"replace_dead": True},
                                  runtime={"rounds_in_flight": 1})
-    runner = RayRunner(replace(plan, config=config))
+    lost_in_restart = KillWhenCreatedAgain("edge-0")
+    runner = lost_in_restart.runner = RayRunner(replace(plan, config=config), faults=lost_in_restart)
     kill_during_round(runner, "edge-0", 2)
     kill_during_round(runner, "cloud-0", 3)
     records, inspected = inspected_run(runner, tmp_path)
@@ -114,7 +131,8 @@ def test_edge_replaced_then_root_restarted_from_checkpoints(ray_session, config,
     assert sorted({r.round for r in records if r.node == "edge-0"}) == [1, 2, 3]
     assert sorted({r.round for r in records if r.node == "cloud-0"}) == [1, 2, 3]
     events = read_events(tmp_path / "events.parquet")
-    assert [e.node for e in events if e.kind == "restart"] == ["edge-0", "cloud-0"]
+    assert lost_in_restart.killed
+    assert [e.node for e in events if e.kind == "restart"] == ["edge-0", "edge-0", "cloud-0"]
     assert not [e for e in events if e.kind == "restart_fresh"]
     assert not [e for e in events if e.kind == "reparent"]
 

@@ -1,11 +1,15 @@
 """Fault injection: the runtime's one documented hook for tests and chaos runs.
 
 ``RayRunner(plan, faults=hook)`` hands ``hook`` to the host pool, which calls it with a
-:class:`FaultPoint` at the two moments a fault must land exactly, and nowhere else:
+:class:`FaultPoint` at the moments a fault must land exactly, and nowhere else:
 
 * ``CALL_SUBMITTED``: a call (``point.method``) to ``point.node`` was just submitted to the
   node's host, and has not necessarily run yet. Killing the host now makes that call fail
   as a death (e.g. kill the edge receiving a moved device's bridge samples).
+* ``HOSTS_CREATED``: the hosts ``point.hosts`` were just created again mid-run (for a
+  restart, re-join or joining device) and may not run yet. Killing one now loses a
+  machine during a restart: its nodes are reported dead like any other (they may be
+  restarted again while their restarts last).
 * ``HOSTS_STARTED``: the hosts ``point.hosts`` were just created (at start, or again for
   a restart, re-join or joining device), answer and send heartbeats; their nodes have
   not encoded or been restored yet.
@@ -25,6 +29,7 @@ from typing import Callable
 
 class FaultAt(str, Enum):
     CALL_SUBMITTED = "call_submitted"
+    HOSTS_CREATED = "hosts_created"
     HOSTS_STARTED = "hosts_started"
 
 

@@ -80,7 +80,8 @@ class HostPool:
         try:
             calls = [Call(host, "probe_run_dir", self.handles[host].probe_run_dir.remote(str(run_dir), token))
                      for host in (list(self.handles) if hosts is None else hosts)]
-            answers = await_all(calls, self._timeout_s) if hosts is None else self._survivors_answers(calls)
+            answers = (await_all(calls, self._timeout_s) if hosts is None
+                       else list(self._survivors_answers(calls).values()))
         finally:
             end_probe(run_dir)
         problems = [answer for answer in answers if answer is not None]
@@ -91,14 +92,14 @@ class HostPool:
                               "path everywhere, or an s3:// or gs:// URI every machine reaches with its own "
                               "environment's credentials (choose it with --out or output.base_dir)")
 
-    def _survivors_answers(self, calls: list[Call]) -> list[Any]:
-        """The probe answers of hosts created mid-run, leaving out any that died meanwhile:
-        a host lost right after it started is a death like any other, found by its nodes'
-        next calls and handled by the caller's recovery, not a reason to fail the run."""
-        answers = []
+    def _survivors_answers(self, calls: list[Call]) -> dict[str, Any]:
+        """The answers (call's node -> answer) of hosts created mid-run, leaving out any
+        that died meanwhile: a host lost right after it started is a death like any other,
+        handled by the caller's recovery, not a reason to fail the run."""
+        answers = {}
         for call in calls:  # all submitted already: they run at once, each waited for in turn
             try:
-                answers += await_all([call], self._timeout_s)
+                answers[call.node], = await_all([call], self._timeout_s)
             except NodeDiedError:
                 pass
         return answers
@@ -165,26 +166,33 @@ class HostPool:
                 for node in sorted(dead):
                     self.handles[host].remove_node.remote(node)
 
-    def revive(self, nodes: list[str]) -> None:
+    def revive(self, nodes: list[str]) -> set[str]:
         """Builds ``nodes`` afresh on their home hosts (restarts, re-joins, joining devices),
         creating a host again (same name and request) where it is gone, and waits until
         every one runs. With an autoscaler, a host that fits no machine yet waits for one
-        (up to the start-up timeout). The caller restores checkpoints."""
+        (up to the start-up timeout). The caller restores checkpoints.
+
+        Returns the nodes lost meanwhile: every node of a host that died before it
+        answered (its machine lost during a restart). That is a death like any other, for
+        the caller to report, not a reason to end the run; the other nodes run."""
         adding, creating = [], {}
         for node in nodes:
             host = self.home[node]
             if host in self.handles:
-                adding.append(Call(node, "add_node", self.handles[host].add_node.remote(node)))
+                adding.append(Call(host, "add_node", self.handles[host].add_node.remote(node)))
                 self.carried[host].add(node)
             else:
                 creating.setdefault(host, []).append(node)
         for host, its_nodes in creating.items():
             self._create(host, its_nodes)
-        await_all(adding, self._timeout_s)
+        self._faults(FaultPoint(FaultAt.HOSTS_CREATED, hosts=tuple(creating)))
+        lost = {call.node for call in adding} - set(self._survivors_answers(adding))
         if creating:
-            self._wait_started(list(creating))
-            if self._run_dir is not None:
-                self.probe_run_dir(self._run_dir, list(creating))
+            started = self._wait_started(list(creating), survivors_only=True)
+            lost |= set(creating) - started
+            if self._run_dir is not None and started:
+                self.probe_run_dir(self._run_dir, sorted(started))
+        return {node for host in lost for node in self.carried.get(host, ())}
 
     def close(self) -> None:
         for handle in self.handles.values():
@@ -219,18 +227,25 @@ class HostPool:
         ).remote(self._plan_ref, host, nodes, *self.data_args(host))
         self.handles[host], self.carried[host] = handle, set(nodes)
 
-    def _wait_started(self, hosts: list[str]) -> None:
-        """Waits until ``hosts`` run and heartbeat; records where each one runs."""
-        pending = [Call(host, "start", self.handles[host].ready.remote()) for host in hosts]
+    def _wait_started(self, hosts: list[str], survivors_only: bool = False) -> set[str]:
+        """Waits until ``hosts`` run and heartbeat; records where each one runs; returns
+        the hosts that do. A host that dies first raises NodeDiedError or, with
+        ``survivors_only`` (hosts created mid-run: see :meth:`revive`), is left out."""
+        def answers(calls: list[Call]) -> dict[str, Any]:
+            if survivors_only:
+                return self._survivors_answers(calls)
+            return dict(zip((call.node for call in calls), await_all(calls, self._timeout_s)))
+
         try:
-            self.placement.update(zip(hosts, await_all(pending, self._timeout_s)))
-            beats = [Call(host, "start_heartbeats",
-                          self.handles[host].start_heartbeats.remote(self._supervisor, self._interval_s))
-                     for host in hosts]
-            await_all(beats, self._timeout_s)
+            ready = answers([Call(host, "start", self.handles[host].ready.remote()) for host in hosts])
+            self.placement.update(ready)
+            beating = answers([Call(host, "start_heartbeats",
+                                    self.handles[host].start_heartbeats.remote(self._supervisor, self._interval_s))
+                               for host in ready])
         except NodeTimeoutError as exc:
             raise NodeTimeoutError(exc.node, f"{exc} — {self._unscheduled_hint(exc.node)}") from exc
-        self._faults(FaultPoint(FaultAt.HOSTS_STARTED, hosts=tuple(hosts)))
+        self._faults(FaultPoint(FaultAt.HOSTS_STARTED, hosts=tuple(beating)))
+        return set(beating)
 
     def _unscheduled_hint(self, host: str) -> str:
         layout = self.layout[host]

@@ -113,12 +113,20 @@ class Recovery:
     def repair(self, sync: Callable[[], None]) -> None:
         """Brings restarted and re-joined nodes back (fresh, then restored from their last
         checkpoint) and calls ``sync`` to move bridge samples after the tree changed;
-        repeats while that wait brought new decisions."""
+        repeats while that wait brought new decisions. A node whose host dies while it is
+        brought back (``restore`` must report such a death too) is reported dead and
+        decided on like any other."""
         while self._repairs:
             actions, self._repairs = self._repairs, []
             revived = [a.node for a in actions if isinstance(a, (Restart, Rejoin)) and a.node not in self.dead]
-            self._hosts.revive(revived)
+            lost = self._hosts.revive(revived)
             for node in revived:
-                self._restore(node)
                 self._bridge.forget(node)
+                if node not in lost:
+                    self._restore(node)
+            if lost:  # a host died before it ran: its nodes die again (and may restart again)
+                self.report(lost)
+                self.tick()
+                if self._repairs:
+                    continue  # bring back what was restarted again before any call goes to it
             sync()

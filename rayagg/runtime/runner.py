@@ -61,7 +61,7 @@ from rayagg.runtime.faults import FaultHook, no_faults
 from rayagg.runtime.host import HostReport
 from rayagg.runtime.hosts import HostPool
 from rayagg.runtime.recovery import Recovery
-from rayagg.runtime.waiting import Call, Death, Settled, await_all, kill, settle
+from rayagg.runtime.waiting import Call, Death, Settled, kill, settle
 from rayagg.storage import as_path
 
 
@@ -98,6 +98,7 @@ class RayRunner:
         self._connected = False
         self._in_flight: deque[_InFlight] = deque()  # submitted, not yet collected, oldest first
         self._last_done: Optional[float] = None  # when the last collected round ended
+        self._saved: Optional[_Saved] = None  # the checkpoints of the last collected round that saved
 
     # The tree, dead set and leavers are the supervisor's, as last applied.
     @property
@@ -238,8 +239,10 @@ class RayRunner:
         self._in_flight.popleft()
         seconds = done - max(self._last_done or oldest.submitted, oldest.submitted)
         self._last_done = done
-        self.repair()
         values = lambda call: {node: v for (node, name), v in settled.by_call.items() if name == call}
+        if oldest.checkpoint_dir is not None:
+            self._saved = _Saved(oldest.round, oldest.checkpoint_dir.resolve(), values(SAVE))
+        self.repair()
         return RoundResult(oldest.round, values(EVALUATE),
                            values(SAVE) if oldest.checkpoint_dir is not None else None, seconds, oldest.wire)
 
@@ -350,10 +353,12 @@ class RayRunner:
 
     # ---------------------------------------------------------------- recovery's wiring
 
-    def settle(self, pending: list[Call], context: str = "", round_index: Optional[int] = None) -> Settled:
-        """Waits for ``pending`` while supervising (rayagg/runtime/waiting.py): the
-        supervisor decides every heartbeat interval, deaths are reported at once, and the
-        observers hear each round step's value and every poll."""
+    def settle(self, pending: list[Call], context: str = "", round_index: Optional[int] = None,
+               timeout_s: Optional[float] = None) -> Settled:
+        """Waits for ``pending`` (up to ``timeout_s``, by default the round timeout) while
+        supervising (rayagg/runtime/waiting.py): the supervisor decides every heartbeat
+        interval, deaths are reported at once, and the observers hear each round step's
+        value and every poll."""
         def seen(node: str, call: str, value: Any) -> None:
             if round_index is not None:
                 self.observers.step_finished(round_index, node, call, value)
@@ -361,7 +366,7 @@ class RayRunner:
         def poll() -> None:
             self.recovery.tick()
             self.observers.waiting()
-        return settle(pending, self._runtime.round_timeout_s, poll_s=self._supervision.heartbeat_interval_s,
+        return settle(pending, timeout_s or self._runtime.round_timeout_s, poll_s=self._supervision.heartbeat_interval_s,
                       on_poll=poll, on_death=self._died, context=context, on_value=seen)
 
     def repair(self) -> None:
@@ -377,20 +382,31 @@ class RayRunner:
         return nodes
 
     def restore(self, node: str) -> None:
-        """Restores ``node`` from the last complete checkpoint (verified by its SHA-256)."""
+        """Restores ``node`` from its last checkpoint (verified by its SHA-256), supervised:
+        a death meanwhile is reported and recovered like any other."""
         call = self.restore_call(node)
         if call is None:
             self.record_event(EventKind.RESTART_FRESH, node, f"{node} has no checkpoint yet: it starts from scratch")
         else:
-            await_all([call], self._runtime.startup_timeout_s)
+            self.settle([call], context=f"restoring {node}", timeout_s=self._runtime.startup_timeout_s)
 
     def restore_call(self, node: str) -> Optional[Call]:
-        """Submits ``node``'s restore from the last cut; None when it has no checkpoint."""
-        located = self.checkpoint.located(node, self.run_dir) if self.checkpoint and self.run_dir else None
+        """Submits ``node``'s restore from its last checkpoint; None when it has none."""
+        located = self.restore_point(node)
         if located is None:
             return None
         path, digest = located
         return self.hosts.call(node, "load_checkpoint", str(path), digest)
+
+    def restore_point(self, node: str) -> Optional[tuple[pathlib.Path, str]]:
+        """(path, SHA-256) of ``node``'s last checkpoint: the one the last collected round
+        wrote, until the loop has cut that round (a node that saved its round and died
+        before the cut comes back with that round's state, the file the cut will name),
+        then the last cut's; None when it has none."""
+        saved, cut = self._saved, self.checkpoint
+        if saved is not None and node in saved.digests and (cut is None or cut.round < saved.round):
+            return checkpoint_file(saved.directory, node), saved.digests[node]
+        return cut.located(node, self.run_dir) if cut and self.run_dir else None
 
     def record_event(self, kind: EventKind, node: str, detail: str) -> None:
         """Tells the observers of an event of the round being waited for (the oldest in flight)."""
@@ -410,6 +426,16 @@ class _InFlight:
     submitted: float
     attempt: int
     wire: dict[str, wire.Link]
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """The checkpoints a collected round's own steps wrote: ``round``, the directory
+    they are in, and node -> SHA-256."""
+
+    round: int
+    directory: pathlib.Path
+    digests: dict[str, str]
 
 
 def _arguments(step: Step, calls: Mapping[int, Call], checkpoint_dir: Optional[pathlib.Path]) -> tuple:

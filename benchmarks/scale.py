@@ -34,6 +34,7 @@ from rayagg.learning.plan import load_data, make_plan
 from rayagg.loop import execute
 from rayagg.runtime.runner import RayRunner
 from rayagg.observe import RunObserver
+from rayagg.rundir.live import process_stat
 from rayagg.runtime.host import HostReport, NodeHost
 
 MB = 2**20
@@ -41,8 +42,7 @@ MB = 2**20
 
 def cpu_s(pid: int) -> float:
     """The user + system CPU seconds of process ``pid`` of this machine so far."""
-    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 on
+    fields = process_stat(pid)  # utime and stime: fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

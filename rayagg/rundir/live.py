@@ -57,10 +57,16 @@ def process_start(pid) -> Optional[int]:
     if type(pid) is not int or pid <= 0:
         return None
     try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[19])  # after "pid (comm) ": field 3 on
+        return int(process_stat(pid)[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def process_stat(pid: int) -> list[str]:
+    """Fields 3 on of /proc/PID/stat (after "pid (comm) ", as the comm may hold spaces),
+    so field N is at index N - 3. Raises OSError without such a process or /proc."""
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def boot_id() -> Optional[str]:

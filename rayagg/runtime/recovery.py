@@ -13,10 +13,12 @@ from typing import Any, Callable, Iterable
 import ray
 from ray import exceptions as ray_errors
 
+from rayagg.config import SupervisionConfig
 from rayagg.core.actions import (Action, DeclareDead, Decision, DropLeaf, Join, Leave, Rebalance, Rejoin, Reparent,
                                  Restart)
 from rayagg.core.events import EventKind
 from rayagg.core.tree import Tree
+from rayagg.core.verdicts import await_verdicts
 from rayagg.errors import NodeDiedError, NodeTimeoutError, RecoveryError
 from rayagg.runtime.bridge import BridgeRoutes
 from rayagg.runtime.hosts import HostPool
@@ -78,6 +80,18 @@ class Recovery:
     def heartbeat_ages(self) -> dict[str, float]:
         """Live node -> seconds since its last heartbeat (``supervision.heartbeat_ages``)."""
         return self._ask(self.supervisor.heartbeat_ages.remote())
+
+    def await_verdicts(self, since: float, supervision: SupervisionConfig) -> frozenset[str]:
+        """Waits until every live node has been heard from since ``since`` or declared dead
+        (rayagg/core/verdicts.py), so that a retry does not go to a host that died with the
+        failed ones (the same machine) but had no call pending to show it. A silent node's
+        verdict takes its silence deadline plus, at most, its probe's (supervision.py); with
+        every node alive the wait ends at their next heartbeat. Returns the live nodes still
+        unheard at the deadline (the retry goes out anyway and names them in its event)."""
+        interval_s = supervision.heartbeat_interval_s
+        deadline_s = interval_s * (supervision.max_missed + 1) + supervision.probe_timeout_s
+        return await_verdicts(since=since, deadline_s=deadline_s, poll_s=interval_s / 4,
+                              tick=self.tick, ages=self.heartbeat_ages)
 
     def _ask(self, ref: Any) -> Any:
         try:

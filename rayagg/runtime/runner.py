@@ -45,7 +45,6 @@ from rayagg.core.membership import Change
 from rayagg.core import wire
 from rayagg.core.schedule import EVALUATE, SAVE, RoundResult, Step, batch_steps
 from rayagg.core.tree import Tree, training_leaves
-from rayagg.core.verdicts import await_verdicts
 from rayagg.errors import RecoveryError
 from rayagg.learning.data import Dataset
 from rayagg.learning.plan import Plan, payloads
@@ -259,25 +258,12 @@ class RayRunner:
         if first.attempt > self._supervision.round_retries:
             raise RecoveryError(f"round {first.round} lost {lost} again in its retry"
                                 + (f" ({first.attempt - 1} retries)" if first.attempt > 2 else ""))
-        unheard = self._await_verdicts(seen)  # a machine's other hosts, silent since it died, are declared first
+        unheard = self.recovery.await_verdicts(seen, self._supervision)  # a machine's other hosts are declared first
         self.repair()
         unheard_note = f"; not heard from since: {', '.join(sorted(unheard))}" if unheard else ""
         self.record_event(EventKind.RETRY, "", f"round {first.round} retried after losing {lost}{unheard_note}")
         self._in_flight.clear()
         self.submit_round(first.round, first.checkpoint_dir, attempt=first.attempt + 1)
-
-    def _await_verdicts(self, since: float) -> frozenset[str]:
-        """Waits until every live node has been heard from since ``since`` or declared dead
-        (rayagg/core/verdicts.py), so that a retry does not go to a host that died with the
-        failed ones (the same machine) but had no call pending to show it. A silent node's
-        verdict takes its silence deadline plus, at most, its probe's (supervision.py); with
-        every node alive the wait ends at their next heartbeat. Returns the live nodes still
-        unheard at the deadline (the retry goes out anyway and names them in its event)."""
-        supervision = self._supervision
-        interval_s = supervision.heartbeat_interval_s
-        deadline_s = interval_s * (supervision.max_missed + 1) + supervision.probe_timeout_s
-        return await_verdicts(since=since, deadline_s=deadline_s, poll_s=interval_s / 4,
-                              tick=self.recovery.tick, ages=self.recovery.heartbeat_ages)
 
     def leaves_of(self, node: str) -> list[str]:
         """The leaves whose bridge samples ``node`` trains on now."""
